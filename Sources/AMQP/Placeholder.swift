@@ -1,0 +1,1 @@
+// AMQP: placeholder until its first real file lands.

@@ -1,0 +1,1 @@
+// BSON: placeholder until its first real file lands.

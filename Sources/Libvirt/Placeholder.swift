@@ -1,0 +1,1 @@
+// Libvirt: placeholder until its first real file lands.

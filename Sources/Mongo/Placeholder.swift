@@ -1,0 +1,1 @@
+// Mongo: placeholder until its first real file lands.

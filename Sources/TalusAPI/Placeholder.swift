@@ -1,0 +1,1 @@
+// TalusAPI: placeholder until its first real file lands.

@@ -1,0 +1,1 @@
+// TalusAgent: placeholder until its first real file lands.

@@ -1,0 +1,1 @@
+// TalusCLI: placeholder until its first real file lands.

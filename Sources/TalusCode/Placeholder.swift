@@ -1,0 +1,1 @@
+// TalusCode: placeholder until its first real file lands.

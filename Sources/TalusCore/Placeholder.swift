@@ -1,0 +1,1 @@
+// TalusCore: placeholder until its first real file lands.

@@ -1,0 +1,1 @@
+// TalusMaster: placeholder until its first real file lands.

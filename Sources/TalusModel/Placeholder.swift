@@ -1,0 +1,1 @@
+// TalusModel: placeholder until its first real file lands.

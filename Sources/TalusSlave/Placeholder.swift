@@ -1,0 +1,1 @@
+// TalusSlave: placeholder until its first real file lands.

@@ -1,0 +1,1 @@
+// TalusTestSupport: helpers for tests against the real services.
