@@ -1,1 +1,0 @@
-// BSON: placeholder until its first real file lands.
