@@ -81,6 +81,10 @@ public struct ObjectId: Hashable, Sendable, Comparable, CustomStringConvertible,
     public static func < (lhs: ObjectId, rhs: ObjectId) -> Bool { lhs.bytes.lexicographicallyPrecedes(rhs.bytes) }
 
     public init(from decoder: any Decoder) throws {
+        if let bson = decoder as? _BSONDecoderImpl, case .objectId(let id) = bson.value {
+            self = id
+            return
+        }
         let container = try decoder.singleValueContainer()
         let text = try container.decode(String.self)
         guard let id = ObjectId(text) else {
@@ -91,6 +95,10 @@ public struct ObjectId: Hashable, Sendable, Comparable, CustomStringConvertible,
     }
 
     public func encode(to encoder: any Encoder) throws {
+        if let bson = encoder as? _BSONEncoderImpl {
+            bson.storage = .value(.objectId(self))
+            return
+        }
         var container = encoder.singleValueContainer()
         try container.encode(hex)
     }
