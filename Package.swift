@@ -78,7 +78,6 @@ let package = Package(
         .target(
             name: "TalusCore",
             dependencies: [
-                "TalusModel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -160,5 +159,6 @@ let package = Package(
         .testTarget(name: "AMQPTests", dependencies: ["AMQP", "TalusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "TalusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusModelTests", dependencies: ["TalusModel"], swiftSettings: swiftSettings),
+        .testTarget(name: "TalusCoreTests", dependencies: ["TalusCore"], swiftSettings: swiftSettings),
     ]
 )

@@ -1,1 +1,0 @@
-// TalusCore: placeholder until its first real file lands.

@@ -1,1 +1,0 @@
-// TalusMaster: placeholder until its first real file lands.

@@ -1,1 +1,0 @@
-// TalusModel: placeholder until its first real file lands.

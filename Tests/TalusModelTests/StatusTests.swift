@@ -1,0 +1,73 @@
+import BSON
+import Testing
+@testable import TalusModel
+
+@Suite struct StatusTests {
+    @Test func requestsAreTheOnlyUserStates() {
+        #expect(Set(ImageState.allCases.filter(\.isRequest)) == [.import, .configure, .create, .delete])
+        #expect(Set(JobState.allCases.filter(\.isRequest)) == [.run, .cancel])
+        #expect(PartState.allCases.allSatisfy { !$0.isRequest })
+    }
+
+    @Test func illegalTransitionNamesBothStates() throws {
+        let id = ObjectId()
+        #expect(throws: TransitionError(collection: "jobs", id: id, from: "running", to: "run")) {
+            try JobState.running.checkTransition(to: .run, id: id)
+        }
+        let error = TransitionError(collection: "images", id: id, from: "ready", to: "importing")
+        #expect(error.description.contains("ready → importing"))
+        #expect(error.description.contains(id.hex))
+        try JobState.run.checkTransition(to: .running)
+        try ImageState.importing.checkTransition(to: .importing)   // same state: an update, allowed
+    }
+
+    @Test func terminalStatesHaveNoWayOut() {
+        #expect(JobState.finished.isTerminal && JobState.cancelled.isTerminal && JobState.failed.isTerminal)
+        #expect(!JobState.running.isTerminal)
+        for next in JobState.allCases where next != .finished { #expect(!JobState.finished.canMove(to: next)) }
+    }
+
+    @Test func everyTransitionTargetIsAState() {
+        func check<S: StatusName>(_ type: S.Type) {
+            for (from, targets) in S.transitions {
+                #expect(!targets.contains(from), "\(from) lists itself")
+            }
+            #expect(!S.initial.isEmpty)
+        }
+        check(ImageState.self); check(JobState.self); check(PartState.self); check(SlaveState.self)
+    }
+
+    @Test func allowedRequests() {
+        #expect(ImageState.ready.allowedRequests == [.configure, .delete])
+        #expect(JobState.running.allowedRequests == [.cancel])
+        #expect(JobState.finished.allowedRequests == [])
+    }
+
+    @Test func runDeduplicatesBySequence() {
+        var run = RunDocument(id: "r", job: ObjectId(), idx: 0, attempt: 1, slave: "s")
+        var accepted: [Bool] = []
+        for seq in [1, 1, 3] { accepted.append(run.accept(seq: seq)) }
+        #expect(accepted == [true, false, true])
+        #expect(run.seq == 1 && run.pending == [3])    // out of order: kept pending
+        accepted = []
+        for seq in [3, 2, 2, 0] { accepted.append(run.accept(seq: seq)) }
+        #expect(accepted == [false, true, false, false])
+        #expect(run.seq == 3 && run.pending.isEmpty)
+    }
+
+    @Test func priorityMapping() {
+        #expect(AMQPNames.amqpPriority(jobPriority: 1) == 1)
+        #expect(AMQPNames.amqpPriority(jobPriority: 50) == 5)
+        #expect(AMQPNames.amqpPriority(jobPriority: 100) == 10)
+        #expect(AMQPNames.amqpPriority(jobPriority: 0) == 1)
+        #expect(AMQPNames.amqpPriority(jobPriority: 1000) == 10)
+    }
+
+    @Test func crashBuckets() {
+        #expect(CrashSignature.bucket("  SEGV   in parse_header at 0x7ffd1234abcd  ") == "SEGV in parse_header at 0xADDR")
+        #expect(CrashSignature.bucket("SEGV in parse_header at 0x55aa00112233") == CrashSignature.bucket("SEGV in parse_header at 0x7ffd1234abcd"))
+        #expect(CrashSignature.bucket("abort at 0x12") == "abort at 0x12")
+        #expect(CrashSignature.bucket("") == "unknown")
+        #expect(CrashSignature.bucket(String(repeating: "a", count: 1000)).count == 256)
+    }
+}
