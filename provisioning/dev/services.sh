@@ -141,6 +141,10 @@ start_rabbit() { # name port
 }
 
 start_libvirt() {
+  # libvirtd checks /dev/kvm as libvirt-qemu; with the container default (root:root 0600) every
+  # call finds "KVM was enabled when probing, but not available now" and re-probes QEMU (tens of
+  # seconds per define). udev would set this on a normal host. Guests still use type='qemu'.
+  if [ -c /dev/kvm ]; then chgrp kvm /dev/kvm && chmod 0660 /dev/kvm || true; fi
   if virsh -q -c qemu:///system version >/dev/null 2>&1; then
     log "libvirtd already running: using it (not ours to stop)"
     return
