@@ -128,3 +128,97 @@ private func rfbGreetingBlocking(host: String, port: Int, timeout: Duration) thr
     let count = Int(try readExactly(1)[0])
     return RFBGreeting(banner: banner, securityTypes: count == 0 ? [] : try readExactly(count))
 }
+
+/// A unix-socket proxy in front of libvirtd's socket, so a test can cut a client's connection
+/// (what a libvirtd restart does to clients) without touching the shared daemon.
+final class UnixSocketProxy: Sendable {
+    let path: String
+    private let target: String
+    private let listener: Int32
+    private let sockets = Mutex<[Int32]>([])
+
+    init(path: String, target: String) throws {
+        self.path = path
+        self.target = target
+        unlink(path)
+        listener = try UnixSocketProxy.socketAddress(path) { fd, address, length in
+            guard bind(fd, address, length) == 0, listen(fd, 8) == 0 else {
+                throw TestSupportError("cannot listen on \(path): errno \(errno)")
+            }
+        }
+        let listener = self.listener
+        DispatchQueue.global().async { [self] in
+            while true {
+                let client = accept(listener, nil, nil)
+                guard client >= 0 else { return }
+                guard let upstream = try? UnixSocketProxy.socketAddress(target, { fd, address, length in
+                    guard connect(fd, address, length) == 0 else { throw TestSupportError("connect: errno \(errno)") }
+                }) else {
+                    close(client)
+                    continue
+                }
+                sockets.withLock { $0 += [client, upstream] }
+                DispatchQueue.global().async { UnixSocketProxy.pump(from: client, to: upstream) }
+                DispatchQueue.global().async { UnixSocketProxy.pump(from: upstream, to: client) }
+            }
+        }
+    }
+
+    deinit { stop() }
+
+    /// Cuts every proxied connection: both ends see EOF.
+    func cutConnections() {
+        for fd in sockets.withLock({ $0 }) { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    /// Cuts the connections and stops accepting new ones.
+    func stop() {
+        cutConnections()
+        shutdown(listener, Int32(SHUT_RDWR))
+        unlink(path)
+    }
+
+    private static func pump(from source: Int32, to destination: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(source, $0.baseAddress!, $0.count) }
+            guard n > 0 else { break }
+            var written = 0
+            while written < n {
+                let w = buffer.withUnsafeBytes { write(destination, $0.baseAddress! + written, n - written) }
+                guard w > 0 else { break }
+                written += w
+            }
+        }
+        shutdown(destination, Int32(SHUT_RDWR))
+    }
+
+    /// A new unix socket with `body` applied to it and the address of `path`.
+    private static func socketAddress(
+        _ path: String, _ body: (Int32, UnsafePointer<sockaddr>, socklen_t) throws -> Void
+    ) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestSupportError("socket() failed: errno \(errno)") }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(fd)
+            throw TestSupportError("socket path too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        do {
+            try withUnsafePointer(to: &address) {
+                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    try body(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+        } catch {
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+}

@@ -106,6 +106,31 @@ struct QemuTests {
         }
     }
 
+    /// libvirtd going away (here: its socket connection cut by a proxy, as a daemon restart does)
+    /// fires the close callback: waiters learn why, event sequences end, calls fail with a
+    /// connection error, so a daemon knows to reconnect.
+    @Test(.timeLimit(.minutes(2)))
+    func droppedDaemonConnectionIsReported() async throws {
+        let directory = try TestEnvironment.scratchDirectory("libvirt-proxy")
+        let proxy = try UnixSocketProxy(path: directory + "/libvirt.sock", target: "/var/run/libvirt/libvirt-sock")
+        defer { proxy.stop() }
+        let connection = try await LibvirtConnection(uri: "qemu+unix:///system?socket=\(proxy.path)")
+        #expect(await connection.isAlive())
+        _ = try await connection.listDomains()
+        let events = try await connection.lifecycleEvents()
+
+        async let reason = connection.waitUntilClosed()
+        proxy.cutConnections()
+        let why = await reason
+        #expect(why == .endOfFile || why == .error, "close reason: \(String(describing: why))")
+        for await _ in events {}  // ends once the connection is closed
+        #expect(connection.isClosed)
+        #expect(await !connection.isAlive())
+        let error = await #expect(throws: LibvirtError.self) { try await connection.listDomains() }
+        #expect(error?.isConnectionFailure == true, "\(String(describing: error))")
+        await connection.close()
+    }
+
     @Test func domainCapabilitiesOfTCG() async throws {
         let connection = try await systemConnection()
         let caps = try await connection.domainCapabilities(virtType: .qemu)
