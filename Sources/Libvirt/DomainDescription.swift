@@ -9,7 +9,9 @@ public struct DomainDescription: Sendable, Hashable {
     public let xml: String
     /// `<domain type=…>`: `qemu`, `kvm`, `test`, ...
     public let type: String
+    /// `<name>`.
     public let name: String
+    /// `<uuid>`, when present (libvirt always writes it).
     public let uuid: String?
     /// `<domain id=…>`: set while the domain runs.
     public let id: Int?
@@ -104,6 +106,7 @@ public struct DiskInfo: Sendable, Hashable {
     public let bus: String?
     /// The driver type: `qcow2`, `raw`, ...
     public let format: String?
+    /// Whether the disk has `<readonly/>`.
     public let readOnly: Bool
 
     init(_ element: MiniXML) {

@@ -14,8 +14,9 @@ public struct DomainLifecycleEvent: Sendable, Hashable, CustomStringConvertible 
     public let domainUUID: String
     /// What happened, with libvirt's detail.
     public let kind: Kind
-    /// libvirt's event type (`virDomainEventType`) and detail, as delivered.
+    /// libvirt's event type (`virDomainEventType`), as delivered.
     public let rawType: Int32
+    /// libvirt's event detail, as delivered.
     public let rawDetail: Int32
 
     /// Makes an event from libvirt's event type and detail integers.
@@ -132,6 +133,7 @@ public struct DomainLifecycleEvents: AsyncSequence, Sendable {
         token.subscription.end()
     }
 
+    /// Iterates the events; keeps the registration alive while it exists.
     public struct Iterator: AsyncIteratorProtocol {
         var base: AsyncStream<DomainLifecycleEvent>.Iterator
         let token: Token

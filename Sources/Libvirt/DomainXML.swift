@@ -38,12 +38,17 @@ public struct DomainXML: Sendable, Hashable {
     /// The XML namespace of Talus metadata elements.
     public static let talusNamespace = "https://talus.dev/xmlns/1"
 
+    /// The domain name (unique per host).
     public var name: String
     /// A UUID; nil lets libvirt generate one.
     public var uuid: String?
+    /// `kvm` in production, `qemu` (TCG) where KVM does not work.
     public var type: DomainType
+    /// Guest memory in MiB.
     public var memoryMiB: Int
+    /// Virtual CPUs.
     public var vcpus: Int
+    /// The guest architecture.
     public var arch = "x86_64"
     /// The machine type; `pc` (i440fx) has IDE for CD-ROMs, `q35` needs SATA.
     public var machine = "pc"
@@ -55,9 +60,13 @@ public struct DomainXML: Sendable, Hashable {
     public var boot: [BootDevice] = [.hardDisk]
     /// ACPI, needed for ``LibvirtDomain/shutdown(method:)`` with the power button.
     public var acpi = true
+    /// What happens when the guest powers off (throw-away VMs: destroy).
     public var onPoweroff: LifecycleAction = .destroy
+    /// What happens when the guest reboots; `destroy` ends a job part's VM on reboot.
     public var onReboot: LifecycleAction = .destroy
+    /// What happens when the guest crashes.
     public var onCrash: LifecycleAction = .destroy
+    /// Disks and CD-ROMs, in order.
     public var disks: [Disk] = []
     /// virtio-serial ports bound to unix sockets (a virtio-serial controller is added with them).
     public var channels: [Channel] = []
@@ -76,6 +85,7 @@ public struct DomainXML: Sendable, Hashable {
     /// ``LibvirtConnection/listDomains(ownerPrefix:namespace:filter:)``.
     public var owner: String?
 
+    /// A domain with no devices yet besides the defaults (virtio RNG, no balloon, ACPI).
     public init(name: String, type: DomainType = .qemu, memoryMiB: Int = 256, vcpus: Int = 1) {
         self.name = name
         self.type = type
@@ -106,16 +116,24 @@ public struct DomainXML: Sendable, Hashable {
 
     /// A disk image or ISO attached to the domain.
     public struct Disk: Sendable, Hashable {
+        /// The image file on the host.
         public var path: String
+        /// The image format (`qemu-img info` tells).
         public var format: Format
+        /// Disk or CD-ROM.
         public var device: Device
+        /// The bus the guest sees it on.
         public var bus: Bus
+        /// Attach read-only (`<readonly/>`).
         public var readOnly: Bool
         /// The guest device name (`vda`, `hdc`, `sda`); nil takes the next free one for the bus.
         public var target: String?
 
+        /// `<driver type=…>`
         public enum Format: String, Sendable, Hashable { case qcow2, raw }
+        /// `<disk device=…>`
         public enum Device: String, Sendable, Hashable { case disk, cdrom }
+        /// `<target bus=…>`
         public enum Bus: String, Sendable, Hashable {
             case virtio, ide, sata, scsi
 
@@ -128,6 +146,7 @@ public struct DomainXML: Sendable, Hashable {
             }
         }
 
+        /// A disk (qcow2 on virtio unless said otherwise).
         public init(
             path: String, format: Format = .qcow2, device: Device = .disk, bus: Bus = .virtio,
             readOnly: Bool = false, target: String? = nil
@@ -148,10 +167,12 @@ public struct DomainXML: Sendable, Hashable {
 
     /// A virtio-serial port bound to a unix socket that libvirt creates (`mode='bind'`).
     public struct Channel: Sendable, Hashable {
+        /// The host socket path (at most 107 bytes).
         public var socketPath: String
         /// The guest-side name, e.g. `org.talus.agent.0` (`/dev/virtio-ports/<name>`).
         public var targetName: String
 
+        /// A channel bound to `socketPath`, seen by the guest as `targetName`.
         public init(socketPath: String, targetName: String) {
             self.socketPath = socketPath
             self.targetName = targetName
@@ -178,6 +199,7 @@ public struct DomainXML: Sendable, Hashable {
         /// When the password stops working (`passwdValidTo`, written in UTC).
         public var passwordValidUntil: Date?
 
+        /// A VNC server on `listen`, on an automatic port unless `port` is given.
         public init(listen: String = "127.0.0.1", port: Int? = nil, password: String? = nil, passwordValidUntil: Date? = nil) {
             self.listen = listen
             self.port = port
@@ -188,6 +210,7 @@ public struct DomainXML: Sendable, Hashable {
 
     /// A network interface.
     public struct Interface: Sendable, Hashable {
+        /// What the interface connects to.
         public var kind: Kind
         /// The NIC model, `virtio` by default.
         public var model: String
@@ -195,8 +218,10 @@ public struct DomainXML: Sendable, Hashable {
         public var mac: String?
         /// An nwfilter to apply (`<filterref filter=…>`), with its parameters.
         public var filter: String?
+        /// Parameters of the nwfilter, e.g. `IP`.
         public var filterParameters: [String: String]
 
+        /// What an interface connects to.
         public enum Kind: Sendable, Hashable {
             /// User-mode networking (slirp): no host setup, no dnsmasq.
             case user
@@ -206,6 +231,7 @@ public struct DomainXML: Sendable, Hashable {
             case bridge(String)
         }
 
+        /// An interface of `kind`, virtio unless said otherwise.
         public init(
             _ kind: Kind, model: String = "virtio", mac: String? = nil, filter: String? = nil,
             filterParameters: [String: String] = [:]

@@ -43,8 +43,11 @@ public final class LibvirtConnection: Sendable, CustomStringConvertible {
     /// Keepalive settings: a probe every `interval` seconds; the connection is closed (reason
     /// ``CloseReason/keepAlive``) after `count` probes go unanswered.
     public struct KeepAlive: Sendable, Hashable {
+        /// Seconds between probes.
         public var interval: Int32
+        /// Unanswered probes before the connection is closed.
         public var count: UInt32
+        /// Keepalive with these settings.
         public init(interval: Int32, count: UInt32) {
             self.interval = interval
             self.count = count
@@ -60,7 +63,8 @@ public final class LibvirtConnection: Sendable, CustomStringConvertible {
     ///   - readOnly: open with `virConnectOpenReadOnly` (listing and reading only).
     ///   - keepAlive: keepalive settings, or nil to leave libvirt's. Drivers without keepalive
     ///     (local ones like `test:///`) are accepted silently.
-    ///   - threadPool: where blocking calls run; by default ``LibvirtRuntime/defaultThreadPool``.
+    ///   - threadPool: where blocking calls run (a started pool); by default
+    ///     ``LibvirtRuntime/defaultThreadPool``.
     ///   - logger: logs opens and closes at debug, each libvirt call at trace.
     public init(
         uri: String, readOnly: Bool = false, keepAlive: KeepAlive? = .default, threadPool: NIOThreadPool? = nil,
@@ -374,6 +378,7 @@ public struct CreateOptions: OptionSet, Sendable, Hashable {
 
 /// A domain with its owner tag, from ``LibvirtConnection/listDomains(ownerPrefix:namespace:filter:)``.
 public struct OwnedDomain: Sendable {
+    /// The domain.
     public let domain: LibvirtDomain
     /// The owner text, e.g. `image:65f1c0…`.
     public let owner: String
