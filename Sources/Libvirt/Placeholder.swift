@@ -1,1 +1,0 @@
-// Libvirt: placeholder until its first real file lands.
