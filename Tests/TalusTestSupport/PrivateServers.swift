@@ -25,7 +25,19 @@ public final class TestProcess: @unchecked Sendable {
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
         self.logPath = logPath
-        try process.run()
+        try Self.withSignalsUnblocked { try process.run() }
+    }
+
+    /// Runs `body` with this thread's signal mask cleared. A child inherits the spawning thread's
+    /// mask, and async code runs on Dispatch worker threads that block most signals: without this
+    /// a server started from a test ignores SIGTERM and `stop()` has to wait for SIGKILL.
+    static func withSignalsUnblocked<R>(_ body: () throws -> R) rethrows -> R {
+        var none = sigset_t()
+        var saved = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, &saved)
+        defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
+        return try body()
     }
 
     public var pid: Int32 { process.processIdentifier }

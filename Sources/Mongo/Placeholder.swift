@@ -1,1 +1,0 @@
-// Mongo: placeholder until its first real file lands.
