@@ -25,6 +25,14 @@ public final class TestProcess: @unchecked Sendable {
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
         self.logPath = logPath
+        // A child inherits the signal mask of the thread that spawns it, and Swift
+        // concurrency threads block most signals: without this, servers started from a test
+        // ignore SIGTERM (it stays pending) and never stop.
+        var empty = sigset_t()
+        var previous = sigset_t()
+        sigemptyset(&empty)
+        pthread_sigmask(SIG_SETMASK, &empty, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         try process.run()
     }
 
@@ -147,11 +155,16 @@ public final class PrivateRabbitMQ: @unchecked Sendable {
         }
     }
 
-    /// Stops the broker: SIGTERM to the Erlang VM (its pid file), then waits for the launcher.
+    /// Stops the broker: SIGTERM to the Erlang VM (its pid file), SIGKILL if it is still
+    /// there after 30 s, then waits for the launcher.
     public func stop() async {
         if let pidText = try? String(contentsOfFile: directory + "/pid", encoding: .utf8),
            let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) {
             kill(pid, SIGTERM)
+            // The VM holds the launcher's process-monitoring descriptor: the launcher only
+            // counts as exited once the VM is gone.
+            try? await waitUntil("RabbitMQ VM \(pid) to exit", timeout: .seconds(30)) { kill(pid, 0) != 0 }
+            if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
         }
         await server?.stop(timeout: .seconds(30))
         server = nil
