@@ -6,6 +6,10 @@ import Synchronization
 import TalusTestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Records every state a connection goes through.
 final class StateRecorder: Sendable {
     private final class Box: Sendable {
@@ -51,6 +55,37 @@ struct ReconnectionTests {
         #expect(connection.reconnectCount == 0)
         #expect(states.all == [.connected])
         await connections.closeAll()
+    }
+
+    @Test("a broker that falls silent (SIGSTOP) is detected by missed heartbeats while idle, then reconnected")
+    func silentBrokerDetected() async throws {
+        let broker = try PrivateRabbitMQ()
+        try await broker.start()
+        let connections = Connections()
+        let connection = try await connections.connect("silent", url: broker.url, heartbeatSeconds: 2)
+        let pidText = try String(contentsOfFile: broker.directory + "/pid", encoding: .utf8)
+        let pid = try #require(Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)))
+        // Nothing arrives on the socket now: only the connection thread's own timer can notice
+        // (two missed intervals: 4 s, plus up to half an interval of sleep).
+        let clock = ContinuousClock()
+        let stopped = clock.now
+        kill(pid, SIGSTOP)
+        do {
+            try await waitUntil("the silent broker to be noticed", timeout: .seconds(8)) {
+                if case .reconnecting(_, let error) = connection.state { return error.kind == .connectionLost }
+                return false
+            }
+        } catch {
+            kill(pid, SIGCONT)
+            throw error
+        }
+        let noticedAfter = clock.now - stopped
+        kill(pid, SIGCONT)
+        #expect(noticedAfter >= .seconds(3), "not before the heartbeats were really missed")
+        try await waitUntil("reconnected", timeout: .seconds(30)) { connection.state == .connected }
+        #expect(connection.reconnectCount == 1)
+        await connections.closeAll()
+        await broker.stop()
     }
 
     @Test("after a reconnection, old deliveries are stale and are redelivered on the new connection")
