@@ -393,6 +393,7 @@ fi
 
 banner="Talus test guest ($(uname -r)). No TALUSCFG config ISO: interactive session."
 [ "$delay" -gt 0 ] && banner="$banner Powers off in $delay s."
+banner="$banner 'poweroff -f' ends it."
 # A shell on the VGA console too (VNC), and one on the serial console.
 ( while :; do
     echo "$banner" > /dev/tty1 2>/dev/null
