@@ -10,7 +10,7 @@
 # stdout: the image path (last line). stderr: progress.
 # Cached: the kernel .deb and the extracted kernel/modules live in DIR/cache (by kernel
 # package); the image is rebuilt only when this script, the kernel, busybox, syslinux or the
-# options change. A cached run takes ~0.1 s.
+# options change, or when the image was modified. A cached run takes ~0.1 s.
 set -euo pipefail
 export LC_ALL=C
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -126,11 +126,15 @@ done
 [ "$format" = raw ] || command -v qemu-img >/dev/null || die "missing qemu-img (apt-get install -y qemu-utils)"
 
 # --- cache key of the image ------------------------------------------------------------------
+# Contents only (not paths), so that a fresh clone builds the same image. The .key file also
+# records the image's size and mtime: an image changed in place (booted without an overlay,
+# or edited by a test) is rebuilt, not handed out again.
 key=$({
     echo "v1 $kpkg $format $poweroff_after $name"
-    sha256sum "$self" "$busybox" "$(command -v syslinux)"
+    cat "$self" "$busybox" "$(command -v syslinux)" | sha256sum
 } | sha256sum | cut -c1-32)
-if [ -f "$image" ] && [ "$(cat "$image.key" 2>/dev/null)" = "$key" ]; then
+stamp() { echo "$key $(stat -c '%s %.9Y' "$image")"; }
+if [ -f "$image" ] && [ "$(cat "$image.key" 2>/dev/null)" = "$(stamp)" ]; then
     log "cached: $image ($kpkg)"
     echo "$image"
     exit 0
@@ -451,6 +455,6 @@ else
     mv "$work/disk.raw" "$work/disk.out"
 fi
 mv -f "$work/disk.out" "$image"
-echo "$key" > "$image.key"
+stamp > "$image.key"
 log "built $image ($(stat -c %s "$image") bytes, kernel $kver, initrd $(stat -c %s "$work/initrd.gz") bytes) in $(elapsed)"
 echo "$image"
