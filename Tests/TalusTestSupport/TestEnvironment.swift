@@ -133,3 +133,29 @@ public func isListening(port: Int) -> Bool {
         }
     }
 }
+
+extension TestEnvironment {
+    /// The path of a product built by `swift build` (`talus-master`, `talus`, ...): it sits next
+    /// to the test bundle in `.build/<triple>/debug/`.
+    public static func executable(_ name: String) throws -> String {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        // The swift-testing runner may run from inside the .xctest bundle directory.
+        if dir.lastPathComponent.hasSuffix(".xctest") { dir = dir.deletingLastPathComponent() }
+        for candidate in [dir.appendingPathComponent(name).path,
+                          FileManager.default.currentDirectoryPath + "/.build/debug/" + name] {
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw TestSupportError("\(name) is not built next to the tests (\(dir.path)): run swift build --build-tests")
+    }
+
+    /// The repository root (the directory holding Package.swift), for scripts such as
+    /// images/build-test-guest.sh.
+    public static func repositoryRoot() throws -> String {
+        var dir = URL(fileURLWithPath: #filePath)
+        while dir.path != "/" {
+            dir = dir.deletingLastPathComponent()
+            if FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) { return dir.path }
+        }
+        throw TestSupportError("cannot find the repository root from \(#filePath)")
+    }
+}
