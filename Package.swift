@@ -91,7 +91,12 @@ let package = Package(
         ),
         .target(
             name: "TalusMaster",
-            dependencies: ["TalusCore", "TalusModel", "Mongo", "AMQP", "Libvirt"],
+            dependencies: [
+                "TalusCore", "TalusModel", "Mongo", "AMQP", "Libvirt",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -132,7 +137,11 @@ let package = Package(
         .target(name: "TalusAgent", dependencies: ["TalusModel"], swiftSettings: swiftSettings),
 
         // MARK: Thin executables
-        .executableTarget(name: "talus-master", dependencies: ["TalusMaster"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "talus-master",
+            dependencies: ["TalusMaster", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(name: "talus-slave", dependencies: ["TalusSlave"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus-api", dependencies: ["TalusAPI"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus", dependencies: ["TalusCLI"], swiftSettings: swiftSettings),
@@ -160,5 +169,10 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "TalusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusModelTests", dependencies: ["TalusModel"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusCoreTests", dependencies: ["TalusCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TalusMasterTests",
+            dependencies: ["TalusMaster", "TalusModel", "TalusCore", "Mongo", "AMQP", "TalusTestSupport"],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

@@ -11,6 +11,11 @@ public func hexString(_ bytes: some Sequence<UInt8>) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
+/// SHA-256 of `bytes` (a digest of 32 bytes).
+public func sha256(_ bytes: some Sequence<UInt8>) -> [UInt8] {
+    Array(SHA256.hash(data: Array(bytes)))
+}
+
 /// SHA-256 of the file at `path`, read in 1 MiB blocks on the calling thread (call it from a
 /// thread that may block, e.g. through ``blockingIO(_:)``).
 public func sha256OfFile(_ path: String) throws -> (hex: String, size: Int64) {

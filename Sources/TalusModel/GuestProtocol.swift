@@ -27,6 +27,10 @@ public struct FileChunk: Codable, Sendable, Equatable {
     public var size: Int64?
     public var sha256: String?
 
+    /// The size of every chunk of a file but the last (256 KiB), so that `offset / chunkSize` is
+    /// the chunk's number: the master stores files as GridFS chunks of this size.
+    public static let chunkSize = 262_144
+
     public init(name: String, offset: Int64, data: Data, last: Bool, size: Int64? = nil, sha256: String? = nil) {
         self.name = name; self.offset = offset; self.data = data; self.last = last; self.size = size; self.sha256 = sha256
     }

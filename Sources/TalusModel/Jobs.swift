@@ -169,6 +169,15 @@ public struct JobDocument: TalusDocument, Equatable {
     /// Keep VMs' serial logs and more event detail.
     public var debug: Bool
     public var status: Status<JobState>
+    /// The status the master last accepted (written by the master with every status it writes).
+    /// A status that is neither this one nor a request allowed from it is an illegal write: the
+    /// master restores this status and reports the write on the job.
+    public var observed: JobState?
+    /// Progress units of the job's counting runs (running or finished) without the cap at
+    /// `limit`; `progress` is this capped. Written by the master only.
+    public var counted: Int?
+    /// The next part index the master hands out (parts are numbered 1, 2, 3, …).
+    public var nextIdx: Int?
     public var owner: ObjectId?
     public var created: Date
     public var updated: Date
@@ -188,8 +197,9 @@ public struct JobDocument: TalusDocument, Equatable {
     enum CodingKeys: String, CodingKey {
         case id = "_id", schema, name, task, image, tool
         case toolCommit = "tool_commit"
-        case params, priority, limit, progress, parts, errors, vm, network, queue, debug, status, owner
-        case created, updated, tags
+        case params, priority, limit, progress, parts, errors, vm, network, queue, debug, status, observed, counted
+        case nextIdx = "next_idx"
+        case owner, created, updated, tags
     }
 
     /// True when progress has reached the limit (never for `limit == -1`).
@@ -227,11 +237,21 @@ public struct PartDocument: Codable, Sendable, Equatable {
     }
 }
 
+/// One line a tool logged during a run.
+public struct RunLog: Codable, Sendable, Equatable {
+    public var at: Date
+    public var level: String
+    public var message: String
+    public init(at: Date, level: String, message: String) { self.at = at; self.level = level; self.message = message }
+}
+
 /// One execution of a part on a slave. A redelivered part (its slave died) runs again under a
 /// new run id, so events of the two executions never mix. Progress is counted per run and taken
 /// back when the run does not end successfully: failed runs never count.
 public struct RunDocument: Codable, Sendable, Equatable {
     public static let collection = Collection.runs
+    /// Most log lines kept per run (the newest).
+    public static let maxLogs = 100
 
     public enum State: String, Codable, Sendable { case running, finished, failed, lost, cancelled }
 
@@ -249,17 +269,48 @@ public struct RunDocument: Codable, Sendable, Equatable {
     /// Applied sequence numbers above `seq` (out-of-order arrivals); normally empty.
     public var pending: [Int]
     public var reason: String?
+    /// The tool's exit status, when the run ended and the slave knew it.
+    public var exitCode: Int?
+    /// The end of the VM's serial console when the run failed.
+    public var serialTail: String?
+    /// The tool's log lines (the newest ``maxLogs``).
+    public var logs: [RunLog]
     public var started: Date
     public var ended: Date?
 
     public init(id: String, job: ObjectId, idx: Int, attempt: Int, slave: String, started: Date = bsonNow()) {
         self.id = id; self.job = job; self.idx = idx; self.attempt = attempt; self.slave = slave
-        state = .running; progress = 0; seq = 0; pending = []; reason = nil; self.started = started; ended = nil
+        state = .running; progress = 0; seq = 0; pending = []; reason = nil; exitCode = nil; serialTail = nil
+        logs = []; self.started = started; ended = nil
     }
 
     enum CodingKeys: String, CodingKey {
-        case id = "_id", job, idx, attempt, slave, state, progress, seq, pending, reason, started, ended
+        case id = "_id", job, idx, attempt, slave, state, progress, seq, pending, reason
+        case exitCode = "exit_code", serialTail = "serial_tail"
+        case logs, started, ended
     }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(String.self, forKey: .id)
+        job = try c.decode(ObjectId.self, forKey: .job)
+        idx = try c.decode(Int.self, forKey: .idx)
+        attempt = try c.decode(Int.self, forKey: .attempt)
+        slave = try c.decode(String.self, forKey: .slave)
+        state = try c.decode(State.self, forKey: .state)
+        progress = try c.decode(Int.self, forKey: .progress)
+        seq = try c.decode(Int.self, forKey: .seq)
+        pending = try c.decodeIfPresent([Int].self, forKey: .pending) ?? []
+        reason = try c.decodeIfPresent(String.self, forKey: .reason)
+        exitCode = try c.decodeIfPresent(Int.self, forKey: .exitCode)
+        serialTail = try c.decodeIfPresent(String.self, forKey: .serialTail)
+        logs = try c.decodeIfPresent([RunLog].self, forKey: .logs) ?? []
+        started = try c.decode(Date.self, forKey: .started)
+        ended = try c.decodeIfPresent(Date.self, forKey: .ended)
+    }
+
+    /// True while the run's progress counts toward its job (running or finished successfully).
+    public var counts: Bool { state == .running || state == .finished }
 
     /// Marks `seq` applied. Returns false when it was applied before (a duplicate to drop).
     public mutating func accept(seq n: Int) -> Bool {
@@ -271,5 +322,11 @@ public struct RunDocument: Codable, Sendable, Equatable {
             pending.removeFirst()
         }
         return true
+    }
+
+    /// Appends a log line, keeping the newest ``maxLogs``.
+    public mutating func log(_ line: RunLog) {
+        logs.append(line)
+        if logs.count > Self.maxLogs { logs.removeFirst(logs.count - Self.maxLogs) }
     }
 }

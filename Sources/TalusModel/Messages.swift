@@ -9,18 +9,44 @@ import Foundation
 import BSON
 
 /// AMQP names shared by master and slaves (DESIGN §6).
-public enum AMQPNames {
+///
+/// Every name starts with a namespace, `talus` by default (`talus.parts`, `talus.events`, ...).
+/// Another namespace lets several Talus installations (or parallel tests) share one broker
+/// vhost; master and slaves of one installation must use the same. The static members are the
+/// names of the default namespace.
+public struct AMQPNames: Sendable, Hashable {
+    /// The prefix of every exchange and queue name.
+    public let namespace: String
+
+    public init(namespace: String = "talus") { self.namespace = namespace }
+
+    /// The names of the default namespace `talus`.
+    public static let standard = AMQPNames()
+
     /// Direct exchange for parts; routing key = the job's queue name.
-    public static let partsExchange = "talus.parts"
-    /// Queue `talus.parts.<name>` holds the parts of jobs whose queue is `<name>`.
-    public static func partsQueue(_ name: String) -> String { "talus.parts." + name }
+    public var partsExchange: String { namespace + ".parts" }
+    /// Queue `<namespace>.parts.<name>` holds the parts of jobs whose queue is `<name>`.
+    public func partsQueue(_ name: String) -> String { namespace + ".parts." + name }
     /// Events from slaves to the master (a durable queue, published through the default exchange).
-    public static let eventsQueue = "talus.events"
+    public var eventsQueue: String { namespace + ".events" }
     /// Fanout exchange for master → slaves control messages.
-    public static let controlExchange = "talus.control"
-    /// Dead-letter exchange and queue for messages nobody can read (unknown version, garbage).
-    public static let deadLetterExchange = "talus.dead"
-    public static let deadLetterQueue = "talus.dead"
+    public var controlExchange: String { namespace + ".control" }
+    /// Dead-letter exchange (fanout) and queue for messages nobody can read (unknown version,
+    /// garbage). Parts and events queues are declared with `x-dead-letter-exchange` set to it.
+    public var deadLetterExchange: String { namespace + ".dead" }
+    public var deadLetterQueue: String { namespace + ".dead" }
+
+    /// Direct exchange for parts in the default namespace.
+    public static let partsExchange = standard.partsExchange
+    /// Queue `talus.parts.<name>` holds the parts of jobs whose queue is `<name>`.
+    public static func partsQueue(_ name: String) -> String { standard.partsQueue(name) }
+    /// Events from slaves to the master in the default namespace.
+    public static let eventsQueue = standard.eventsQueue
+    /// Fanout exchange for master → slaves control messages in the default namespace.
+    public static let controlExchange = standard.controlExchange
+    /// Dead-letter exchange and queue in the default namespace.
+    public static let deadLetterExchange = standard.deadLetterExchange
+    public static let deadLetterQueue = standard.deadLetterQueue
     /// AMQP priorities used for parts: 0…10 (`x-max-priority` 10).
     public static let maxPriority = 10
 

@@ -139,7 +139,8 @@ public enum PartState: String, StatusName {
     public static let transitions: [PartState: Set<PartState>] = [
         .queued: [.running, .retry, .done, .failed, .cancelled],
         .running: [.done, .retry, .failed, .cancelled, .queued],
-        .retry: [.queued, .failed, .cancelled],
+        // A republished attempt may start before the master has recorded it queued again.
+        .retry: [.queued, .running, .failed, .cancelled],
     ]
     public var isRequest: Bool { false }
 }

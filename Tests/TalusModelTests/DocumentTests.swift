@@ -30,7 +30,22 @@ import Testing
         job.errors.append(JobError(idx: 1, attempt: 2, reason: "boom"))
         try bsonRoundTrip(job)
         try bsonRoundTrip(PartDocument(job: job.id, idx: 4))
-        try bsonRoundTrip(RunDocument(id: "r1", job: job.id, idx: 4, attempt: 1, slave: "s"))
+        var run = RunDocument(id: "r1", job: job.id, idx: 4, attempt: 1, slave: "s")
+        try bsonRoundTrip(run)
+        run.log(RunLog(at: bsonNow(), level: "info", message: "hi"))
+        run.exitCode = 3
+        run.serialTail = "panic"
+        try bsonRoundTrip(run)
+        // Runs written before logs existed still decode.
+        var bare = try BSONEncoder().encode(RunDocument(id: "r2", job: job.id, idx: 1, attempt: 1, slave: "s"))
+        _ = bare.removeValue(forKey: "logs")
+        #expect(try BSONDecoder().decode(RunDocument.self, from: bare).logs.isEmpty)
+        job.observed = .running
+        job.counted = 7
+        job.nextIdx = 3
+        try bsonRoundTrip(job)
+        let jobDoc = try BSONEncoder().encode(job)
+        #expect(jobDoc["observed"] == "running" && jobDoc["next_idx"]?.intValue == 3 && jobDoc["counted"]?.intValue == 7)
         try bsonRoundTrip(TokenDocument(user: ObjectId(), name: "cli", hash: "h", prefix: "tk_"))
         try bsonRoundTrip(LeaseDocument(holder: "me", expires: bsonNow(), acquired: bsonNow()))
     }

@@ -37,6 +37,15 @@ import Testing
         check(ImageState.self); check(JobState.self); check(PartState.self); check(SlaveState.self)
     }
 
+    @Test func partLifecycle() {
+        // Published, started, failed and republished; the new attempt may start before the master
+        // recorded it queued again.
+        #expect(PartState.queued.canMove(to: .running) && PartState.running.canMove(to: .retry))
+        #expect(PartState.retry.canMove(to: .queued) && PartState.retry.canMove(to: .running))
+        #expect(PartState.running.canMove(to: .queued))   // its slave died: RabbitMQ redelivers
+        #expect(PartState.done.isTerminal && PartState.failed.isTerminal && PartState.cancelled.isTerminal)
+    }
+
     @Test func allowedRequests() {
         #expect(ImageState.ready.allowedRequests == [.configure, .delete])
         #expect(JobState.running.allowedRequests == [.cancel])
@@ -61,6 +70,31 @@ import Testing
         #expect(AMQPNames.amqpPriority(jobPriority: 100) == 10)
         #expect(AMQPNames.amqpPriority(jobPriority: 0) == 1)
         #expect(AMQPNames.amqpPriority(jobPriority: 1000) == 10)
+    }
+
+    @Test func amqpNamesCarryTheirNamespace() {
+        #expect(AMQPNames.partsExchange == "talus.parts")
+        #expect(AMQPNames.partsQueue("default") == "talus.parts.default")
+        #expect(AMQPNames.eventsQueue == "talus.events")
+        #expect(AMQPNames.controlExchange == "talus.control")
+        #expect(AMQPNames.deadLetterQueue == "talus.dead")
+        let test = AMQPNames(namespace: "t1")
+        #expect(test.partsExchange == "t1.parts")
+        #expect(test.partsQueue("gpu") == "t1.parts.gpu")
+        #expect(test.eventsQueue == "t1.events")
+        #expect(test.controlExchange == "t1.control")
+        #expect(test.deadLetterExchange == "t1.dead")
+        #expect(AMQPNames.standard == AMQPNames(namespace: "talus"))
+    }
+
+    @Test func runLogsKeepTheNewest() {
+        var run = RunDocument(id: "r", job: ObjectId(), idx: 1, attempt: 1, slave: "s")
+        for i in 0..<(RunDocument.maxLogs + 5) { run.log(RunLog(at: bsonNow(), level: "info", message: "line \(i)")) }
+        #expect(run.logs.count == RunDocument.maxLogs)
+        #expect(run.logs.first?.message == "line 5")
+        #expect(run.counts)
+        run.state = .failed
+        #expect(!run.counts)
     }
 
     @Test func crashBuckets() {

@@ -1,0 +1,304 @@
+// Jobs (DESIGN §3, §6): `run` → checks → `running` (or `failed` with the reason); parts
+// dispatched in a bounded window; `finished` once progress reaches the limit; `failed` when too
+// many parts failed; `cancel` → `cancelling` → control broadcast → `cancelled` once no part runs.
+// Every status write is conditional on the status read, so a user request written meanwhile is
+// never overwritten; it brings its own change event.
+
+import BSON
+import Foundation
+import Logging
+import Mongo
+import Synchronization
+import TalusModel
+
+struct JobReconciler: DocumentReconciler {
+    struct Limits: Sendable {
+        var window: Int
+        var partAttempts: Int
+        var maxFailedParts: Int
+        var maxErrors: Int
+        /// How often a running job is looked at without a hint.
+        var recheck: Duration = .seconds(5)
+        /// How often a cancelling job re-broadcasts its cancel.
+        var rebroadcast: Duration = .seconds(10)
+    }
+
+    let collection = TalusModel.Collection.jobs
+    let maxConcurrent = 16
+    let store: MasterStore
+    let publisher: MasterPublisher
+    let dispatcher: PartDispatcher
+    let limits: Limits
+    let ingest: @Sendable (IngestCommand) -> Void
+    let logger: Logger
+    let broadcasts = BroadcastLog()
+
+    init(store: MasterStore, publisher: MasterPublisher, slaves: SlaveTracker, limits: Limits,
+         ingest: @escaping @Sendable (IngestCommand) -> Void, logger: Logger) {
+        self.store = store
+        self.publisher = publisher
+        self.limits = limits
+        self.ingest = ingest
+        self.logger = logger
+        dispatcher = PartDispatcher(store: store, publisher: publisher, slaves: slaves, window: limits.window, logger: logger)
+    }
+
+    func pending() async throws -> [ObjectId] {
+        try await store.jobs.find(
+            ["status.name": ["$nin": .array(JobState.allCases.filter(\.isTerminal).map { .string($0.rawValue) })]],
+            options: FindOptions(projection: ["_id": 1])
+        ).compactMap { $0["_id"]?.objectIdValue }
+    }
+
+    func reconcile(_ id: ObjectId) async throws -> ReconcileOutcome {
+        guard let raw = try await store.jobs.findOne(["_id": .objectId(id)]) else { return .done }
+        let written = raw["status"]?["name"]?.stringValue
+        switch StatusGuard.judge(JobState.self, written: written, observed: raw["observed"]?.stringValue) {
+        case .refuse(let restore, let reason):
+            try await refuse(id, written: written, restore: restore, reason: reason)
+            return .done
+        case .accept:
+            break
+        }
+        let job: JobDocument
+        do {
+            job = try BSONDecoder().decode(JobDocument.self, from: raw)
+        } catch {
+            throw IngestError("job \(id.hex) cannot be read: \(error)")
+        }
+        try job.checkSchema()
+        var log = logger
+        log[metadataKey: "job"] = "\(id.hex)"
+        switch job.status.name {
+        case .run: return try await start(job, log: log)
+        case .running: return try await running(job, log: log)
+        case .cancel: return try await cancel(job, log: log)
+        case .cancelling: return try await cancelling(job, log: log)
+        case .finished, .cancelled, .failed:
+            if job.observed != job.status.name {
+                try await store.jobs.updateOne(["_id": .objectId(id), "status.name": .string(job.status.name.rawValue)],
+                                               ["$set": ["observed": .string(job.status.name.rawValue)]])
+            }
+            return .done
+        }
+    }
+
+    func giveUp(_ id: ObjectId, reason: String) async {
+        do {
+            try? await publisher.broadcast(ControlMessage(.cancelJob, job: id))
+            try await cancelQueuedParts(id)
+            let now = bsonNow()
+            try await store.jobs.updateOne(
+                ["_id": .objectId(id), "status.name": ["$nin": .array(JobState.allCases.filter(\.isTerminal).map { .string($0.rawValue) })]],
+                ["$set": ["status": try BSONEncoder.value(Status(JobState.failed, reason: bounded(reason), since: now)),
+                          "observed": .string(JobState.failed.rawValue), "updated": .datetime(now)],
+                 "$push": ["errors": ["$each": [try BSONEncoder.value(JobError(reason: bounded(reason), at: now))],
+                                      "$slice": .int64(Int64(-limits.maxErrors))]]])
+            ingest(.recompute(id, progress: false))
+            logger.error("job failed: the master gave up on it", metadata: ["job": "\(id.hex)", "reason": "\(reason)"])
+        } catch {
+            logger.error("cannot mark job failed", metadata: ["job": "\(id.hex)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: States
+
+    private func start(_ job: JobDocument, log: Logger) async throws -> ReconcileOutcome {
+        switch try await checkRunnable(job) {
+        case .failure(let problem):
+            if try await move(job, to: .failed, reason: problem.description) {
+                log.warning("job cannot run", metadata: ["reason": "\(problem)"])
+            }
+        case .success:
+            if try await move(job, to: .running, reason: nil) {
+                log.info("job running", metadata: ["limit": "\(job.limit)", "priority": "\(job.priority)", "queue": "\(job.queue)"])
+            }
+        }
+        return .done
+    }
+
+    private func running(_ job: JobDocument, log: Logger) async throws -> ReconcileOutcome {
+        if job.isComplete {
+            try await end(job, as: .finished, reason: nil, log: log)
+            return .done
+        }
+        let live = try await dispatcher.live(job.id)
+        let failed = job.parts.failed
+        let everyPartFailed = failed > 0 && job.parts.done == 0 && live.outstanding == 0
+        if failed > limits.maxFailedParts || everyPartFailed {
+            let reasons = Array(Set(job.errors.suffix(20).map(\.reason))).sorted().prefix(5)
+            let why = (everyPartFailed ? "every part failed" : "\(failed) parts failed (more than \(limits.maxFailedParts))")
+                + " after \(limits.partAttempts) attempt\(limits.partAttempts == 1 ? "" : "s") each; reasons: "
+                + reasons.joined(separator: "; ")
+            try await end(job, as: .failed, reason: bounded(why), log: log)
+            return .done
+        }
+        let image: PartImage
+        switch try await imageChain(job.image) {
+        case .success(let chain): image = chain
+        case .failure(let problem):
+            try await end(job, as: .failed, reason: problem.description, log: log)
+            return .done
+        }
+        let published = try await dispatcher.dispatch(job, image: image, live: live)
+        // Retried parts stay in the queued count (retry → queued); new ones join it.
+        let queued = live.queued + live.retry.count + published.new
+        if job.parts.queued != queued || job.parts.running != live.running {
+            try await store.jobs.updateOne(
+                ["_id": .objectId(job.id)],
+                ["$set": ["parts.queued": .int64(Int64(queued)), "parts.running": .int64(Int64(live.running))]])
+        }
+        return .requeue(after: limits.recheck)
+    }
+
+    private func cancel(_ job: JobDocument, log: Logger) async throws -> ReconcileOutcome {
+        try await publisher.broadcast(ControlMessage(.cancelJob, job: job.id))
+        broadcasts.record(job.id)
+        try await cancelQueuedParts(job.id)
+        if try await move(job, to: .cancelling, reason: job.status.reason) {
+            log.info("job cancelling")
+        }
+        return .done
+    }
+
+    private func cancelling(_ job: JobDocument, log: Logger) async throws -> ReconcileOutcome {
+        try await cancelQueuedParts(job.id)
+        let running = try await store.raw(.parts).countDocuments(["job": .objectId(job.id), "status.name": "running"])
+        if running == 0 {
+            if try await move(job, to: .cancelled, reason: job.status.reason) {
+                ingest(.recompute(job.id, progress: false))
+                log.info("job cancelled")
+            }
+            return .done
+        }
+        if broadcasts.due(job.id, every: limits.rebroadcast) {
+            try await publisher.broadcast(ControlMessage(.cancelJob, job: job.id))
+            broadcasts.record(job.id)
+        }
+        return .requeue(after: .seconds(1))
+    }
+
+    /// Stops a running job for good: cancel broadcast (leftover parts stop), queued parts
+    /// dropped, then the terminal status.
+    private func end(_ job: JobDocument, as state: JobState, reason: String?, log: Logger) async throws {
+        try await publisher.broadcast(ControlMessage(.cancelJob, job: job.id))
+        try await cancelQueuedParts(job.id)
+        if try await move(job, to: state, reason: reason) {
+            ingest(.recompute(job.id, progress: false))
+            if state == .failed {
+                log.warning("job failed", metadata: ["reason": "\(reason ?? "")"])
+            } else {
+                log.info("job \(state.rawValue)", metadata: ["progress": "\(job.progress)", "limit": "\(job.limit)"])
+            }
+        }
+    }
+
+    /// Queued and retrying parts of a job that stops: slaves skip them, the master marks them.
+    private func cancelQueuedParts(_ job: ObjectId) async throws {
+        let now = bsonNow()
+        try await store.raw(.parts).updateMany(
+            ["job": .objectId(job), "status.name": ["$in": ["queued", "retry"]]],
+            ["$set": ["status": try BSONEncoder.value(Status(PartState.cancelled, reason: "the job stopped", since: now)),
+                      "updated": .datetime(now)]])
+    }
+
+    /// Moves the job from the status it was read in to `state` (and records it as observed).
+    /// False when the status changed meanwhile (a new hint follows).
+    private func move(_ job: JobDocument, to state: JobState, reason: String?) async throws -> Bool {
+        try job.status.name.checkTransition(to: state, id: job.id)
+        let now = bsonNow()
+        let result = try await store.jobs.updateOne(
+            ["_id": .objectId(job.id), "status.name": .string(job.status.name.rawValue)],
+            ["$set": ["status": try BSONEncoder.value(Status(state, reason: reason.map { bounded($0) }, since: now)),
+                      "observed": .string(state.rawValue), "updated": .datetime(now)]])
+        return result.matchedCount == 1
+    }
+
+    /// Refuses an illegal status write: the previous status comes back with the reason, and an
+    /// error entry records the attempt.
+    private func refuse(_ id: ObjectId, written: String?, restore: JobState?, reason: String) async throws {
+        let now = bsonNow()
+        let state = restore ?? .failed
+        let text = "refused status \(written.map { "\"\($0)\"" } ?? "(none)"): \(reason)"
+        let filter: BSONDocument = written.map { ["_id": .objectId(id), "status.name": .string($0)] }
+            ?? ["_id": .objectId(id), "status.name": ["$exists": false]]
+        let result = try await store.jobs.updateOne(filter, [
+            "$set": ["status": try BSONEncoder.value(Status(state, reason: bounded(text), since: now)),
+                     "observed": .string(state.rawValue), "updated": .datetime(now)],
+            "$push": ["errors": ["$each": [try BSONEncoder.value(JobError(reason: bounded(text), at: now))],
+                                 "$slice": .int64(Int64(-limits.maxErrors))]],
+        ])
+        if result.matchedCount == 1 {
+            MasterMetrics.illegalStatus.increment()
+            logger.warning("illegal job status refused", metadata: [
+                "job": "\(id.hex)", "written": "\(written ?? "-")", "kept": "\(state.rawValue)", "reason": "\(reason)",
+            ])
+            if restore == nil { try? await publisher.broadcast(ControlMessage(.cancelJob, job: id)) }
+        }
+    }
+
+    // MARK: Checks
+
+    struct Problem: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    /// The task, the tool at the job's commit and the image (ready, with a sha256) must exist.
+    func checkRunnable(_ job: JobDocument) async throws -> Result<PartImage, Problem> {
+        guard try await store.raw(.tasks).countDocuments(["_id": .objectId(job.task)]) == 1 else {
+            return .failure(Problem("task \(job.task.hex) does not exist"))
+        }
+        let tool = try await store.raw(.code).countDocuments([
+            "name": .string(job.tool), "commit": .string(job.toolCommit), "kind": "tool",
+        ])
+        guard tool > 0 else {
+            return .failure(Problem("tool \"\(job.tool)\" is not recorded at commit \(job.toolCommit.prefix(12)) (push it to the code repository)"))
+        }
+        return try await imageChain(job.image)
+    }
+
+    /// The image and its bases (down to the root), each `ready` with a sha256.
+    func imageChain(_ id: ObjectId) async throws -> Result<PartImage, Problem> {
+        var chain: [ImageChainEntry] = []
+        var next: ObjectId? = id
+        var seen: Set<ObjectId> = []
+        while let current = next {
+            guard seen.insert(current).inserted, chain.count < 64 else {
+                return .failure(Problem("image \(id.hex) has a cyclic or too deep base chain"))
+            }
+            guard let image = try await store.raw(.images).findOne(["_id": .objectId(current)]) else {
+                return .failure(Problem(current == id ? "image \(id.hex) does not exist" : "base image \(current.hex) of image \(id.hex) does not exist"))
+            }
+            let name = image["name"]?.stringValue ?? current.hex
+            let status = image["status"]?["name"]?.stringValue ?? "?"
+            guard status == ImageState.ready.rawValue else {
+                return .failure(Problem("image \(name) is \(status), not ready"))
+            }
+            guard let sha = image["file"]?["sha256"]?.stringValue, !sha.isEmpty else {
+                return .failure(Problem("image \(name) is ready but has no sha256 (re-import or re-configure it)"))
+            }
+            let base = image["base"]?.objectIdValue
+            chain.append(ImageChainEntry(id: current, sha256: sha, size: image["file"]?["size"]?.int64Value ?? 0, backing: base))
+            next = base
+        }
+        return .success(PartImage(id: id, sha256: chain[0].sha256, chain: chain))
+    }
+}
+
+/// When each job last had its cancel broadcast.
+final class BroadcastLog: Sendable {
+    private let last = Mutex<[ObjectId: ContinuousClock.Instant]>([:])
+
+    func record(_ job: ObjectId) {
+        let now = ContinuousClock.now
+        last.withLock { all in
+            all = all.filter { now - $0.value < .seconds(600) }
+            all[job] = now
+        }
+    }
+
+    func due(_ job: ObjectId, every interval: Duration) -> Bool {
+        last.withLock { all in all[job].map { ContinuousClock.now - $0 >= interval } ?? true }
+    }
+}

@@ -1,0 +1,102 @@
+// Publishing a job's parts (DESIGN §6): a bounded window per job (the free slots the slaves
+// report plus `jobs.window`), failed attempts republished first, new parts numbered from the
+// job's `next_idx`, published with confirms before their part documents are written (a crash in
+// between leaves at most one chunk of parts without documents; the ingester creates those when
+// they start, and their numbers are never handed out again).
+
+import BSON
+import Foundation
+import Logging
+import Mongo
+import TalusModel
+
+struct PartDispatcher: Sendable {
+    /// Parts published per round trip of confirms and inserts.
+    static let chunk = 500
+
+    let store: MasterStore
+    let publisher: MasterPublisher
+    let slaves: SlaveTracker
+    let window: Int
+    let logger: Logger
+
+    /// Live counts of a job's parts that are not final.
+    struct Live {
+        var queued: Int
+        var running: Int
+        var retry: [PartDocument]
+        var outstanding: Int { queued + running + retry.count }
+    }
+
+    func live(_ job: ObjectId) async throws -> Live {
+        let parts = store.raw(.parts)
+        async let queued = parts.countDocuments(["job": .objectId(job), "status.name": "queued"])
+        async let running = parts.countDocuments(["job": .objectId(job), "status.name": "running"])
+        async let retry = store.parts.find(["job": .objectId(job), "status.name": "retry"])
+        return Live(queued: try await queued, running: try await running, retry: try await retry)
+    }
+
+    /// Publishes what the window allows: failed attempts again, then new parts. Returns how
+    /// many of each were published.
+    func dispatch(_ job: JobDocument, image: PartImage, live: Live) async throws -> (retried: Int, new: Int) {
+        try await publisher.ensurePartsQueue(job.queue)
+        var retried = 0
+        var published = 0
+        // Failed attempts first: they are owed.
+        if !live.retry.isEmpty {
+            let messages = live.retry.map { message(job, image: image, idx: $0.idx, attempt: $0.attempt + 1) }
+            let ok = await publisher.publish(parts: messages, queue: job.queue, priority: job.priority)
+            var models: [WriteModel] = []
+            for (part, confirmed) in zip(live.retry, ok) where confirmed {
+                models.append(.updateOne(
+                    filter: ["_id": .string(part.id), "status.name": "retry", "attempt": .int64(Int64(part.attempt))],
+                    update: ["$set": [
+                        "status": try BSONEncoder.value(Status(PartState.queued, reason: "attempt \(part.attempt + 1)")),
+                        "attempt": .int64(Int64(part.attempt + 1)), "run": .null, "slave": .null, "updated": .datetime(bsonNow()),
+                    ]]))
+            }
+            if !models.isEmpty { try await store.raw(.parts).bulkWrite(models, ordered: false) }
+            retried = models.count
+        }
+        let room = max(0, slaves.freeSlots + window - live.queued - live.retry.count)
+        let needed = job.limit < 0 ? Int.max : max(0, job.limit - job.progress - live.outstanding)
+        var remaining = min(room, needed)
+        var next = job.nextIdx ?? 1
+        while remaining > 0 {
+            try Task.checkCancellation()
+            let n = min(remaining, Self.chunk)
+            // Hand out the numbers first: a number is never used twice, even after a crash.
+            let claimed = try await store.jobs.updateOne(
+                ["_id": .objectId(job.id), "next_idx": job.nextIdx == nil && next == 1 ? ["$exists": false] : .int64(Int64(next))],
+                ["$set": ["next_idx": .int64(Int64(next + n))]])
+            guard claimed.matchedCount == 1 else {
+                throw IngestError("next_idx of job \(job.id.hex) changed under the dispatcher")
+            }
+            let messages = (next..<(next + n)).map { message(job, image: image, idx: $0, attempt: 1) }
+            let ok = await publisher.publish(parts: messages, queue: job.queue, priority: job.priority)
+            let now = bsonNow()
+            let docs: [WriteModel] = try zip(messages, ok).filter(\.1).map { m, _ in
+                .insertOne(try BSONEncoder().encode(PartDocument(job: job.id, idx: m.idx, attempt: 1, status: Status(.queued, since: now), now: now)))
+            }
+            if !docs.isEmpty { try await store.raw(.parts).bulkWrite(docs, ordered: false).throwUnlessOnlyDuplicates() }
+            published += docs.count
+            next += n
+            remaining -= n
+            if docs.count < n {
+                logger.warning("some parts were not confirmed by the broker: their numbers are skipped", metadata: [
+                    "job": "\(job.id.hex)", "unconfirmed": "\(n - docs.count)",
+                ])
+                break
+            }
+        }
+        if published + retried > 0 {
+            logger.debug("parts published", metadata: ["job": "\(job.id.hex)", "new": "\(published)", "retried": "\(retried)"])
+        }
+        return (retried, published)
+    }
+
+    func message(_ job: JobDocument, image: PartImage, idx: Int, attempt: Int) -> PartMessage {
+        PartMessage(job: job.id, idx: idx, attempt: attempt, image: image, tool: PartTool(name: job.tool, commit: job.toolCommit),
+                    params: job.params, vm: job.vm, network: job.network, deadline: nil, debug: job.debug)
+    }
+}
