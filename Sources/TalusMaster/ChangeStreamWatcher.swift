@@ -4,10 +4,10 @@
 //
 // Position: the resume token is persisted in `state` (`master.stream`) after each handled batch
 // (at most every second or 200 events while busy, and whenever the stream is caught up). On
-// start the watcher resumes from it; without one (or when the server refuses it) it records the
-// cluster time and watches from there. Either way it then lists every non-terminal document of
-// each reconciler and enqueues it: a hint persisted but not yet reconciled when the previous
-// master stopped is not lost, and a change made while no master ran is acted on.
+// start the watcher resumes from it; without one (or when the server refuses it) it opens a new
+// stream. Either way it then lists every non-terminal document of each reconciler and enqueues
+// it: a hint persisted but not yet reconciled when the previous master stopped is not lost, and
+// a change made while no master ran is acted on.
 
 import BSON
 import Foundation
@@ -114,11 +114,20 @@ final class ChangeStreamWatcher: Sendable {
                 token = nil
             }
         }
-        let start = try await store.database.client.currentClusterTime()
-        try await enqueuePending()
-        let stream = try await store.database.watch(
-            pipeline, options: ChangeStreamOptions(maxAwaitTimeMS: maxAwait, startAtOperationTime: start))
-        logger.info("change stream started from the cluster time after a full resync", metadata: ["time": "\(start)"])
+        // Open first, then list: a change after the stream opened is in the stream, one before
+        // is found by the listing (one seen by both is just reconciled twice). This is the same
+        // guarantee as recording the cluster time and watching from it with
+        // startAtOperationTime, without that option: SecantusDB 0.7 answers the getMores of such
+        // a stream at once instead of after maxAwaitTimeMS, so the stream polls in a tight loop
+        // and stalls every other client of the server for seconds.
+        let stream = try await store.database.watch(pipeline, options: ChangeStreamOptions(maxAwaitTimeMS: maxAwait))
+        do {
+            try await enqueuePending()
+        } catch {
+            await stream.close()
+            throw error
+        }
+        logger.info("change stream started after a full resync (no stored position)")
         return stream
     }
 

@@ -70,10 +70,9 @@ final class EventIngestor: Sendable {
     /// Queues a command for the ingestion loop.
     func post(_ command: IngestCommand) { inbox.push(.command(command)) }
 
-    /// Repairs job accounting, then consumes events until the task is cancelled (unacked
-    /// deliveries go back to the queue) or the consumer fails (thrown).
+    /// Consumes events until the task is cancelled (unacked deliveries go back to the queue) or
+    /// the consumer fails (thrown). Call ``recomputeActiveJobs()`` first.
     func run() async throws {
-        try await recomputeActiveJobs()
         let prefetch = UInt16(clamping: max(limits.batchSize * 2, 64))
         let consumer = try await connection.consume(queue: names.eventsQueue, prefetch: prefetch)
         logger.info("ingesting slave events", metadata: ["queue": "\(names.eventsQueue)"])
@@ -89,7 +88,8 @@ final class EventIngestor: Sendable {
             }
             defer { group.cancelAll() }
             while let batch = await inbox.next(max: limits.batchSize, linger: limits.linger) {
-                try await process(batch)
+                // A batch that started writes all of them (and acks) even when the master stops.
+                try await Task { try await self.process(batch) }.value
             }
         }
     }
@@ -155,6 +155,11 @@ final class EventIngestor: Sendable {
                 for job in work.rebroadcast { await rebroadcastCancel(job) }
                 MasterMetrics.eventsDuplicate.increment(by: work.duplicates)
             }
+        } catch where Task.isCancelled {
+            // Stopping: the batch goes back to the queue; its replay is idempotent.
+            dirtyJobs.withLock { $0.formUnion(touched) }
+            for delivery in keep where !delivery.isSettled { try? delivery.nack(requeue: true) }
+            throw CancellationError()
         } catch {
             MasterMetrics.eventBatchErrors.increment()
             logger.error("event batch failed: its events go back to the queue", metadata: [
@@ -217,6 +222,8 @@ final class EventIngestor: Sendable {
             case .recompute(let job, let progress):
                 try await recompute(job, progress: progress)
             }
+        } catch where Task.isCancelled {
+            return
         } catch {
             logger.warning("ingester command failed", metadata: ["command": "\(command)", "error": "\(error)"])
             if case .recompute(let job, _) = command { dirtyJobs.withLock { _ = $0.insert(job) } }

@@ -131,6 +131,7 @@ public final class LeaderLease: Sendable {
                 }
                 validUntil = sent.advanced(by: duration - safetyMargin)
                 nextRenew = sent.advanced(by: renewInterval)
+                logger.trace("lease renewed", metadata: ["holder": "\(holder)", "took": "\(clock.now - sent)"])
             } catch is CancellationError {
                 throw CancellationError()
             } catch {

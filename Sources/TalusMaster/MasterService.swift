@@ -122,7 +122,17 @@ public final class MasterService: Service, Sendable {
                         self.boundPort.withLock { $0 = port }
                         logger.info("serving /healthz and /metrics", metadata: ["address": "\(self.config.metricsHost):\(port)"])
                     }, health: { health.report() })
-                group.addTask { try await ops.run() }
+                // The server stops through a graceful shutdown (cancelling Hummingbird logs
+                // errors), so it runs in a task of its own that cancellation does not reach.
+                let opsGroup = ServiceGroup(configuration: .init(services: [ops], logger: Logger(label: "talus.master.ops")))
+                let opsTask = Task { try await opsGroup.run() }
+                group.addTask {
+                    try await withTaskCancellationHandler {
+                        try await opsTask.value
+                    } onCancel: {
+                        Task { await opsGroup.triggerGracefulShutdown() }
+                    }
+                }
                 group.addTask { await Self.pingLoop(mongo, health: health) }
                 group.addTask { try await self.roles(database: database, lease: lease) }
                 defer { group.cancelAll() }
@@ -169,14 +179,15 @@ public final class MasterService: Service, Sendable {
     /// stopping.
     private func roles(database: MongoDatabase, lease: LeaderLease) async throws {
         while true {
-            health.set(role: .standby)
+            if health.role == .leader {
+                announce(.standby)
+                health.set(role: .standby)
+            }
             let acquiredAt = try await lease.acquire(standby: { [self] other in
                 announce(.standby)
                 health.set(role: .standby, holder: other)
             })
-            announce(.leader)
-            health.set(role: .leader)
-            logger.info("leader lease acquired", metadata: ["holder": "\(lease.holder)"])
+            logger.info("leader lease acquired: starting to lead", metadata: ["holder": "\(lease.holder)"])
             do {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
@@ -197,6 +208,7 @@ public final class MasterService: Service, Sendable {
             } catch {
                 logger.error("leading failed: giving the lease up and trying again", metadata: ["error": "\(error)"])
                 await Task { await lease.release() }.value
+                announce(.standby)
                 health.set(role: .standby)
                 try await Task.sleep(for: .seconds(2))
             }
@@ -257,6 +269,9 @@ public final class MasterService: Service, Sendable {
             ImageReconciler(database: database, config: config.images, logger: logger),
             SlaveReconciler(store: store, publisher: publisher, logger: logger),
         ] + extraReconcilers.map { $0(context) }
+        // Job accounting is repaired before anything reconciles (a crash between a batch's run
+        // writes and its job writes would otherwise make the dispatcher publish too many parts).
+        try await ingestor.recomputeActiveJobs()
         let queue = WorkQueue(reconcilers: reconcilers, maxAttempts: config.reconcileAttempts,
                               backoff: config.reconcileBackoff, logger: logger, observer: observer)
         queueBox.withLock { $0 = queue }
@@ -265,6 +280,10 @@ public final class MasterService: Service, Sendable {
 
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await queue.run() }
+            // Leading from now on: AMQP is connected, accounting repaired, components started.
+            announce(.leader)
+            health.set(role: .leader)
+            logger.info("leading", metadata: ["holder": "\(holder)"])
             group.addTask { try await watcher.run() }
             group.addTask { try await ingestor.run() }
             group.addTask {

@@ -38,25 +38,16 @@ struct PartDispatcher: Sendable {
 
     /// Publishes what the window allows: failed attempts again, then new parts. Returns how
     /// many of each were published.
+    ///
+    /// Each publish-and-record step runs to its end even when the task is cancelled (a graceful
+    /// stop never leaves published parts unrecorded); only a crash can, for one chunk.
     func dispatch(_ job: JobDocument, image: PartImage, live: Live) async throws -> (retried: Int, new: Int) {
         try await publisher.ensurePartsQueue(job.queue)
         var retried = 0
         var published = 0
         // Failed attempts first: they are owed.
         if !live.retry.isEmpty {
-            let messages = live.retry.map { message(job, image: image, idx: $0.idx, attempt: $0.attempt + 1) }
-            let ok = await publisher.publish(parts: messages, queue: job.queue, priority: job.priority)
-            var models: [WriteModel] = []
-            for (part, confirmed) in zip(live.retry, ok) where confirmed {
-                models.append(.updateOne(
-                    filter: ["_id": .string(part.id), "status.name": "retry", "attempt": .int64(Int64(part.attempt))],
-                    update: ["$set": [
-                        "status": try BSONEncoder.value(Status(PartState.queued, reason: "attempt \(part.attempt + 1)")),
-                        "attempt": .int64(Int64(part.attempt + 1)), "run": .null, "slave": .null, "updated": .datetime(bsonNow()),
-                    ]]))
-            }
-            if !models.isEmpty { try await store.raw(.parts).bulkWrite(models, ordered: false) }
-            retried = models.count
+            retried = try await Task { try await republish(job, image: image, parts: live.retry) }.value
         }
         let room = max(0, slaves.freeSlots + window - live.queued - live.retry.count)
         let needed = job.limit < 0 ? Int.max : max(0, job.limit - job.progress - live.outstanding)
@@ -65,26 +56,14 @@ struct PartDispatcher: Sendable {
         while remaining > 0 {
             try Task.checkCancellation()
             let n = min(remaining, Self.chunk)
-            // Hand out the numbers first: a number is never used twice, even after a crash.
-            let claimed = try await store.jobs.updateOne(
-                ["_id": .objectId(job.id), "next_idx": job.nextIdx == nil && next == 1 ? ["$exists": false] : .int64(Int64(next))],
-                ["$set": ["next_idx": .int64(Int64(next + n))]])
-            guard claimed.matchedCount == 1 else {
-                throw IngestError("next_idx of job \(job.id.hex) changed under the dispatcher")
-            }
-            let messages = (next..<(next + n)).map { message(job, image: image, idx: $0, attempt: 1) }
-            let ok = await publisher.publish(parts: messages, queue: job.queue, priority: job.priority)
-            let now = bsonNow()
-            let docs: [WriteModel] = try zip(messages, ok).filter(\.1).map { m, _ in
-                .insertOne(try BSONEncoder().encode(PartDocument(job: job.id, idx: m.idx, attempt: 1, status: Status(.queued, since: now), now: now)))
-            }
-            if !docs.isEmpty { try await store.raw(.parts).bulkWrite(docs, ordered: false).throwUnlessOnlyDuplicates() }
-            published += docs.count
+            let from = next
+            let confirmed = try await Task { try await publishNew(job, image: image, from: from, count: n) }.value
+            published += confirmed
             next += n
             remaining -= n
-            if docs.count < n {
+            if confirmed < n {
                 logger.warning("some parts were not confirmed by the broker: their numbers are skipped", metadata: [
-                    "job": "\(job.id.hex)", "unconfirmed": "\(n - docs.count)",
+                    "job": "\(job.id.hex)", "unconfirmed": "\(n - confirmed)",
                 ])
                 break
             }
@@ -93,6 +72,43 @@ struct PartDispatcher: Sendable {
             logger.debug("parts published", metadata: ["job": "\(job.id.hex)", "new": "\(published)", "retried": "\(retried)"])
         }
         return (retried, published)
+    }
+
+    /// Publishes the next attempt of parts that failed, then records them queued.
+    private func republish(_ job: JobDocument, image: PartImage, parts: [PartDocument]) async throws -> Int {
+        let messages = parts.map { message(job, image: image, idx: $0.idx, attempt: $0.attempt + 1) }
+        let ok = await publisher.publish(parts: messages, queue: job.queue, priority: job.priority)
+        var models: [WriteModel] = []
+        for (part, confirmed) in zip(parts, ok) where confirmed {
+            models.append(.updateOne(
+                filter: ["_id": .string(part.id), "status.name": "retry", "attempt": .int64(Int64(part.attempt))],
+                update: ["$set": [
+                    "status": try BSONEncoder.value(Status(PartState.queued, reason: "attempt \(part.attempt + 1)")),
+                    "attempt": .int64(Int64(part.attempt + 1)), "run": .null, "slave": .null, "updated": .datetime(bsonNow()),
+                ]]))
+        }
+        if !models.isEmpty { try await store.raw(.parts).bulkWrite(models, ordered: false) }
+        return models.count
+    }
+
+    /// Claims part numbers `from..<from+count`, publishes those parts and records the
+    /// confirmed ones. Returns how many were confirmed.
+    private func publishNew(_ job: JobDocument, image: PartImage, from: Int, count: Int) async throws -> Int {
+        // Hand out the numbers first: a number is never used twice, even after a crash.
+        let claimed = try await store.jobs.updateOne(
+            ["_id": .objectId(job.id), "next_idx": job.nextIdx == nil && from == 1 ? ["$exists": false] : .int64(Int64(from))],
+            ["$set": ["next_idx": .int64(Int64(from + count))]])
+        guard claimed.matchedCount == 1 else {
+            throw IngestError("next_idx of job \(job.id.hex) changed under the dispatcher")
+        }
+        let messages = (from..<(from + count)).map { message(job, image: image, idx: $0, attempt: 1) }
+        let ok = await publisher.publish(parts: messages, queue: job.queue, priority: job.priority)
+        let now = bsonNow()
+        let docs: [WriteModel] = try zip(messages, ok).filter(\.1).map { m, _ in
+            .insertOne(try BSONEncoder().encode(PartDocument(job: job.id, idx: m.idx, attempt: 1, status: Status(.queued, since: now), now: now)))
+        }
+        if !docs.isEmpty { try await store.raw(.parts).bulkWrite(docs, ordered: false).throwUnlessOnlyDuplicates() }
+        return docs.count
     }
 
     func message(_ job: JobDocument, image: PartImage, idx: Int, attempt: Int) -> PartMessage {

@@ -110,7 +110,7 @@ import Testing
     }
 
     @Test func aSilentSlaveGoesOfflineAndItsPartsRunElsewhereWithExactTotals() async throws {
-        try await MasterFixture.with("silent") { f in
+        try await MasterFixture.with("silent", overrides: ["slaves.offline_after": "4s"]) { f in
             let master = try f.startMaster()
             try await master.waitUntilLeader()
             let quiet = try await f.slave("quiet", capacity: 2, behavior: .init(work: .milliseconds(400)))

@@ -65,8 +65,10 @@ import Testing
             let job = try await f.waitForStatus(id, .finished)
             #expect(job.progress == 40)
             #expect(try await f.count("results", ["job": .objectId(id)]) == 40)
-            #expect(try await f.count("runs", ["job": .objectId(id), "state": "finished"]) == 40)
-            #expect(try await f.parts(of: id).filter { $0.status.name == .done }.count == 40)
+            let runs = try await f.database.collection("runs", as: RunDocument.self).find(["job": .objectId(id)])
+            #expect(runs.filter { $0.state == .finished }.count == 40, "\(runs.map { "\($0.idx):\($0.state):\($0.progress)" })")
+            let parts = try await f.parts(of: id)
+            #expect(parts.filter { $0.status.name == .done }.count == 40, "\(parts.map { "\($0.idx):\($0.status.name)" })")
             let other = try await f.waitForStatus(later, .finished)
             #expect(other.progress == 5)
         }
@@ -151,8 +153,9 @@ import Testing
             let refused = try await f.waitForStatus(created, .failed)
             #expect(refused.status.reason?.contains("created in status running") == true)
             #expect(try await f.count("parts", ["job": .objectId(created)]) == 0)
-            let metrics = try await master.metrics()
-            #expect(metricValue(metrics, "talus_master_illegal_status_total") >= 4)
+            try await waitUntil("refusals counted") {
+                metricValue(try await master.metrics(), "talus_master_illegal_status_total") >= 4
+            }
         }
     }
 

@@ -14,8 +14,10 @@ import TalusModel
 import TalusTestSupport
 import Testing
 
-/// Metrics and logs go to the real backends once per test process (warnings and up on stderr).
-let observabilityReady: Void = Observability.bootstrap(level: .warning)
+/// Metrics and logs go to the real backends once per test process: warnings and up on stderr,
+/// or the level in `TALUS_TEST_LOG_LEVEL`.
+let observabilityReady: Void = Observability.bootstrap(
+    level: ProcessInfo.processInfo.environment["TALUS_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .warning)
 
 /// A database, an AMQP namespace and the fixtures of one test; masters come and go on them.
 final class MasterFixture: @unchecked Sendable {
@@ -83,8 +85,8 @@ final class MasterFixture: @unchecked Sendable {
     var values: [String: String] {
         [
             "mongo.uri": mongoURI, "mongo.database": databaseName, "amqp.url": amqpURL, "amqp.namespace": namespace,
-            "master.lease_seconds": "3", "jobs.window": "4", "jobs.part_attempts": "3", "jobs.max_failed_parts": "5",
-            "slaves.offline_after": "3s", "reconcile.backoff": "100ms", "reconcile.max_attempts": "4",
+            "master.lease_seconds": "10", "jobs.window": "4", "jobs.part_attempts": "3", "jobs.max_failed_parts": "5",
+            "slaves.offline_after": "30s", "reconcile.backoff": "100ms", "reconcile.max_attempts": "4",
             "events.batch_wait": "5ms", "metrics.listen": "127.0.0.1:0", "log.level": "warning",
         ].merging(overrides) { $1 }
     }
@@ -167,8 +169,11 @@ final class MasterFixture: @unchecked Sendable {
 
     // MARK: AMQP
 
+    /// A connection that declares the namespace's topology (so a publish never beats the master
+    /// to the queues).
     func amqp(_ name: String = "test") async throws -> AMQPConnection {
-        try await AMQPConnection.connect(try AMQPConfiguration(url: amqpURL, connectionName: name), logger: Logger(label: "test.amqp"))
+        try await AMQPConnection.connect(try AMQPConfiguration(url: amqpURL, connectionName: name),
+                                         topology: MasterTopology.slave(names), logger: Logger(label: "test.amqp"))
     }
 
     func slave(_ name: String = "slave", capacity: Int = 2, behavior: TestSlave.Behavior = .init()) async throws -> TestSlave {
