@@ -7,8 +7,10 @@
 // The ingester is the only writer of runs, of parts' run-driven states and of a job's
 // accounting (`counted`, `progress`, `parts.done`, `parts.failed`, `errors`): the slave sweep and
 // the job reconciler hand it commands instead of writing those themselves. Job accounting is
-// incremental per batch, and recomputed from runs and parts when a master becomes leader (and
-// after a failed batch), which repairs a crash between a batch's run writes and its job writes.
+// incremental per batch and written before the runs (see `PartEventBatch.write`); it is
+// recomputed from runs and parts when a master becomes leader, before anything reconciles, and
+// after a failed batch (the job reconciler waits for that), which repairs a crash or failure
+// between a batch's job writes and its run writes.
 
 import AMQP
 import BSON
@@ -109,8 +111,7 @@ final class EventIngestor: Sendable {
             }
         }
         for command in commands { await handle(command) }
-        let dirty = dirtyJobs.withLock { d in defer { d.removeAll() }; return d }
-        for job in dirty { await handle(.recompute(job, progress: true)) }
+        await recomputeDirtyJobs()
         guard !deliveries.isEmpty else { return }
 
         // Decode; unreadable messages go to the dead-letter queue at once.
@@ -167,6 +168,7 @@ final class EventIngestor: Sendable {
             ])
             dirtyJobs.withLock { $0.formUnion(touched) }
             for delivery in keep where !delivery.isSettled { try? delivery.nack(requeue: true) }
+            await recomputeDirtyJobs()
             try await Task.sleep(for: .milliseconds(200))  // do not spin on a failing database
             return
         }
@@ -179,6 +181,23 @@ final class EventIngestor: Sendable {
             }
         }
         MasterMetrics.eventBatchSeconds.recordNanoseconds((clock.now - start).nanoseconds)
+    }
+
+    /// True while a job's accounting may be wrong (a batch touching it failed halfway) until it
+    /// is recomputed: the job reconciler does not decide anything about it meanwhile.
+    func accountingPending(_ job: ObjectId) -> Bool { dirtyJobs.withLock { $0.contains(job) } }
+
+    /// Recomputes the jobs marked dirty; those that fail stay marked.
+    private func recomputeDirtyJobs() async {
+        let dirty = dirtyJobs.withLock { $0 }
+        for job in dirty {
+            do {
+                try await recompute(job, progress: true)
+                _ = dirtyJobs.withLock { $0.remove(job) }
+            } catch {
+                logger.warning("job accounting recompute failed: retrying", metadata: ["job": "\(job.hex)", "error": "\(error)"])
+            }
+        }
     }
 
     private func deadLetter(_ delivery: AMQPDelivery, reason: String, detail: String) {
@@ -226,7 +245,7 @@ final class EventIngestor: Sendable {
             return
         } catch {
             logger.warning("ingester command failed", metadata: ["command": "\(command)", "error": "\(error)"])
-            if case .recompute(let job, _) = command { dirtyJobs.withLock { _ = $0.insert(job) } }
+            if case .recompute(let job, _) = command { _ = dirtyJobs.withLock { $0.insert(job) } }
         }
     }
 

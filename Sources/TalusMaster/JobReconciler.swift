@@ -30,15 +30,19 @@ struct JobReconciler: DocumentReconciler {
     let dispatcher: PartDispatcher
     let limits: Limits
     let ingest: @Sendable (IngestCommand) -> Void
+    /// True while the ingester repairs a job's accounting.
+    let accountingPending: @Sendable (ObjectId) -> Bool
     let logger: Logger
     let broadcasts = BroadcastLog()
 
     init(store: MasterStore, publisher: MasterPublisher, slaves: SlaveTracker, limits: Limits,
-         ingest: @escaping @Sendable (IngestCommand) -> Void, logger: Logger) {
+         ingest: @escaping @Sendable (IngestCommand) -> Void, accountingPending: @escaping @Sendable (ObjectId) -> Bool,
+         logger: Logger) {
         self.store = store
         self.publisher = publisher
         self.limits = limits
         self.ingest = ingest
+        self.accountingPending = accountingPending
         self.logger = logger
         dispatcher = PartDispatcher(store: store, publisher: publisher, slaves: slaves, window: limits.window, logger: logger)
     }
@@ -117,12 +121,27 @@ struct JobReconciler: DocumentReconciler {
         return .done
     }
 
-    private func running(_ job: JobDocument, log: Logger) async throws -> ReconcileOutcome {
+    private func running(_ read: JobDocument, log: Logger) async throws -> ReconcileOutcome {
+        if accountingPending(read.id) { return .requeue(after: .milliseconds(500)) }
+        if read.isComplete {
+            try await end(read, as: .finished, reason: nil, log: log)
+            return .done
+        }
+        // Parts first, then the job's accounting: the ingester writes a batch's accounting
+        // before the parts that leave the outstanding set, so a part counted as finished here
+        // always has its progress in the job read next (no part is published twice over).
+        let live = try await dispatcher.live(read.id)
+        guard let fresh = try await store.jobs.findOne(
+            ["_id": .objectId(read.id)], options: FindOptions(projection: ["status": 1, "progress": 1, "parts": 1])),
+            fresh["status"]?["name"]?.stringValue == JobState.running.rawValue else { return .done }
+        var job = read
+        job.progress = fresh["progress"]?.intValue ?? job.progress
+        job.parts.done = fresh["parts"]?["done"]?.intValue ?? job.parts.done
+        job.parts.failed = fresh["parts"]?["failed"]?.intValue ?? job.parts.failed
         if job.isComplete {
             try await end(job, as: .finished, reason: nil, log: log)
             return .done
         }
-        let live = try await dispatcher.live(job.id)
         let failed = job.parts.failed
         let everyPartFailed = failed > 0 && job.parts.done == 0 && live.outstanding == 0
         if failed > limits.maxFailedParts || everyPartFailed {

@@ -262,7 +262,7 @@ public final class MasterService: Service, Sendable {
             store: store, publisher: publisher, slaves: slaves,
             limits: .init(window: config.jobWindow, partAttempts: config.partAttempts,
                           maxFailedParts: config.maxFailedParts, maxErrors: config.maxErrors),
-            ingest: { ingestor.post($0) }, logger: logger)
+            ingest: { ingestor.post($0) }, accountingPending: { ingestor.accountingPending($0) }, logger: logger)
         let context = MasterContext(database: database, logger: logger)
         let reconcilers: [any DocumentReconciler] = [
             jobs,

@@ -1,6 +1,7 @@
 // One batch of part events (or of lost runs), applied in memory to the runs, parts and jobs it
-// touches and then written: effects first (files, results, crashes: idempotent), then parts,
-// then runs (the dedupe state commits last), then job accounting.
+// touches and then written: effects first (files, results, crashes: idempotent), then parts and
+// job accounting (in the order that keeps the dispatcher's view safe), then runs (the dedupe
+// state commits last).
 
 import BSON
 import Foundation
@@ -420,54 +421,67 @@ struct PartEventBatch {
             try await store.crashes.bulkWrite(models, ordered: false).throwUnlessOnlyDuplicates()
         }
 
-        // Parts: conditional on the state they were read in (the job reconciler writes parts too).
-        if !changedParts.isEmpty {
-            var models: [WriteModel] = []
-            for id in changedParts {
-                guard let part = parts[id] else { continue }
-                let set = try BSONEncoder().encode(part).removing(["_id", "created"])
-                if let original = originalParts[id] {
-                    models.append(.updateOne(
-                        filter: ["_id": .string(id), "status.name": .string(original.status.name.rawValue),
-                                 "attempt": .int64(Int64(original.attempt))],
-                        update: ["$set": .document(set)]))
-                } else {
-                    models.append(.updateOne(
-                        filter: ["_id": .string(id)],
-                        update: ["$set": .document(set), "$setOnInsert": ["created": .datetime(part.created)]], upsert: true))
-                }
-            }
-            try await store.raw(.parts).bulkWrite(models, ordered: false).throwUnlessOnlyDuplicates()
-        }
+        // Order: parts that stay outstanding, then job accounting, then parts that leave the
+        // outstanding set, then runs (the dedupe state, last). So a part never looks finished
+        // while its progress is missing from its job: the dispatcher (which counts parts first,
+        // then reads the job) would publish parts that are not needed. A failure after the job
+        // write is repaired by recomputing the job (the ingester marks it; the reconciler waits).
+        let outstanding: Set<PartState> = [.queued, .running, .retry]
+        try await writeParts(changedParts.filter { parts[$0].map { outstanding.contains($0.status.name) } ?? false }, store: store)
+        let conflicts = try await writeJobs(store: store, limits: limits, logger: logger)
+        try await writeParts(changedParts.filter { parts[$0].map { !outstanding.contains($0.status.name) } ?? false }, store: store)
+        try await writeRuns(store: store)
+        return conflicts
+    }
 
-        // Runs: the dedupe state; conditional on what was read, so a concurrent writer shows.
-        if !changedRuns.isEmpty {
-            var models: [WriteModel] = []
-            var replaces = 0
-            for id in changedRuns {
-                guard let run = runs[id] else { continue }
-                let doc = try BSONEncoder().encode(run)
-                if let original = originalRuns[id] {
-                    guard original != run else { continue }
-                    replaces += 1
-                    models.append(.replaceOne(
-                        filter: ["_id": .string(id), "seq": .int64(Int64(original.seq)), "state": .string(original.state.rawValue)],
-                        replacement: doc))
-                } else {
-                    models.append(.insertOne(doc))
-                }
-            }
-            if !models.isEmpty {
-                let result = try await store.raw(.runs).bulkWrite(models, ordered: false)
-                if !result.writeErrors.isEmpty || result.matchedCount != replaces {
-                    throw IngestError("runs changed under the ingester (another master?): \(result.writeErrors.first.map { "\($0)" } ?? "\(replaces - result.matchedCount) lost updates")")
-                }
+    /// Parts, conditional on the state they were read in (the job reconciler writes parts too).
+    private func writeParts(_ ids: [String], store: MasterStore) async throws {
+        guard !ids.isEmpty else { return }
+        var models: [WriteModel] = []
+        for id in ids {
+            guard let part = parts[id] else { continue }
+            let set = try BSONEncoder().encode(part).removing(["_id", "created"])
+            if let original = originalParts[id] {
+                models.append(.updateOne(
+                    filter: ["_id": .string(id), "status.name": .string(original.status.name.rawValue),
+                             "attempt": .int64(Int64(original.attempt))],
+                    update: ["$set": .document(set)]))
+            } else {
+                models.append(.updateOne(
+                    filter: ["_id": .string(id)],
+                    update: ["$set": .document(set), "$setOnInsert": ["created": .datetime(part.created)]], upsert: true))
             }
         }
+        try await store.raw(.parts).bulkWrite(models, ordered: false).throwUnlessOnlyDuplicates()
+    }
 
-        // Job accounting.
+    /// Runs: the dedupe state; conditional on what was read, so a concurrent writer shows.
+    private func writeRuns(store: MasterStore) async throws {
+        var models: [WriteModel] = []
+        var replaces = 0
+        for id in changedRuns {
+            guard let run = runs[id] else { continue }
+            let doc = try BSONEncoder().encode(run)
+            if let original = originalRuns[id] {
+                guard original != run else { continue }
+                replaces += 1
+                models.append(.replaceOne(
+                    filter: ["_id": .string(id), "seq": .int64(Int64(original.seq)), "state": .string(original.state.rawValue)],
+                    replacement: doc))
+            } else {
+                models.append(.insertOne(doc))
+            }
+        }
+        guard !models.isEmpty else { return }
+        let result = try await store.raw(.runs).bulkWrite(models, ordered: false)
+        if !result.writeErrors.isEmpty || result.matchedCount != replaces {
+            throw IngestError("runs changed under the ingester (another master?): \(result.writeErrors.first.map { "\($0)" } ?? "\(replaces - result.matchedCount) lost updates")")
+        }
+    }
+
+    /// Job accounting; returns the jobs whose accounting changed under the batch.
+    private func writeJobs(store: MasterStore, limits: EventIngestor.Limits, logger: Logger) async throws -> Set<ObjectId> {
         var conflicts: Set<ObjectId> = []
-        var models: [(ObjectId, WriteModel)] = []
         for job in jobs.values where job.delta != 0 || job.done != 0 || job.failed != 0 || !job.errors.isEmpty {
             var filter: BSONDocument = ["_id": .objectId(job.id)]
             var update: BSONDocument = [:]
@@ -488,12 +502,9 @@ struct PartEventBatch {
                     "$slice": .int64(Int64(-limits.maxErrors)),
                 ]]
             }
-            models.append((job.id, .updateOne(filter: filter, update: update)))
-        }
-        for (id, model) in models {
             // One by one: a conflict must name its job.
-            let result = try await store.jobs.bulkWrite([model])
-            if result.matchedCount == 0 { conflicts.insert(id) }
+            let result = try await store.jobs.updateOne(filter, update)
+            if result.matchedCount == 0 { conflicts.insert(job.id) }
         }
         if !conflicts.isEmpty {
             logger.warning("job accounting changed concurrently: recomputing", metadata: [

@@ -59,6 +59,7 @@ import Testing
             _ = try await f.slave(capacity: 2, behavior: .init(duplicateEvents: true, results: 0, crash: crash))
             let id = try await f.insertJob(limit: 5)
             _ = try await f.waitForStatus(id, .finished)
+            try await f.settled(id)
             let crashes = try await f.database.collection("crashes", as: CrashDocument.self).find(["job": .objectId(id)])
             #expect(crashes.count == 1, "addresses do not split the bucket")
             let bucket = try #require(crashes.first)
@@ -126,6 +127,7 @@ import Testing
             }
             await quiet.die()  // its unacked parts go back to the queue
             let job = try await f.waitForStatus(id, .finished)
+            try await f.settled(id)
             #expect(job.progress == 12)
             #expect(try await f.count("runs", ["job": .objectId(id), "state": "finished"]) == 12)
             #expect(try await f.parts(of: id).filter { $0.status.name == .done }.count == 12)

@@ -20,6 +20,7 @@ import Testing
 
             let id = try await f.insertJob(limit: 50)
             let job = try await f.waitForStatus(id, .finished)
+            try await f.settled(id)
             #expect(job.progress == 50)
             #expect(job.observed == .finished)
             #expect(try await f.count("results", ["job": .objectId(id)]) == 50)
@@ -63,6 +64,7 @@ import Testing
             let second = try f.startMaster()
             try await second.waitUntilLeader()
             let job = try await f.waitForStatus(id, .finished)
+            try await f.settled(id)
             #expect(job.progress == 40)
             #expect(try await f.count("results", ["job": .objectId(id)]) == 40)
             let runs = try await f.database.collection("runs", as: RunDocument.self).find(["job": .objectId(id)])
@@ -95,7 +97,9 @@ import Testing
                 #expect(slave.stats.control.contains { $0.type == .cancelJob && $0.job == id })
             }
             #expect(try await f.count("parts", ["job": .objectId(id), "status.name": ["$in": ["queued", "running", "retry"]]]) == 0)
-            #expect(try await f.count("runs", ["job": .objectId(id), "state": "cancelled"]) == 4)
+            try await waitUntil("the four runs cancelled") {  // runs are written just after their parts
+                try await f.count("runs", ["job": .objectId(id), "state": "cancelled"]) == 4
+            }
             // The queued messages still in the queue are skipped by the slaves, never run.
             try await waitUntil("queued parts drained") {
                 let amqp = try await f.amqp()
@@ -114,6 +118,7 @@ import Testing
             _ = try await f.slave(capacity: 2, behavior: .init(progress: 3, failure: { _ in "target binary missing" }))
             let id = try await f.insertJob(limit: 10)
             let job = try await f.waitForStatus(id, .failed, timeout: .seconds(60))
+            try await f.settled(id)
             #expect(job.progress == 0, "failed runs never count")
             #expect(job.status.reason?.contains("target binary missing") == true)
             #expect(job.errors.contains { $0.reason.contains("target binary missing") && $0.reason.contains("exit status 3") })

@@ -159,6 +159,17 @@ final class MasterFixture: @unchecked Sendable {
         }
     }
 
+    /// Waits until no part of the job is queued, running or retrying and no run is running:
+    /// a job can finish (progress at the limit) before the ends of its last runs are ingested,
+    /// and a batch writes parts just before runs.
+    func settled(_ job: ObjectId) async throws {
+        try await waitUntil("job \(job.hex) settled") {
+            let parts = try await count("parts", ["job": .objectId(job), "status.name": ["$in": ["queued", "running", "retry"]]])
+            let runs = try await count("runs", ["job": .objectId(job), "state": "running"])
+            return parts == 0 && runs == 0
+        }
+    }
+
     func count(_ collection: String, _ filter: BSONDocument) async throws -> Int {
         try await database.collection(collection).countDocuments(filter)
     }

@@ -100,9 +100,7 @@ final class NotifySocket: @unchecked Sendable {
             let job = try await f.waitForStatus(id, .finished)
             #expect(job.progress == 40)
             #expect(try await f.waitForStatus(down, .finished).progress == 4)
-            try await waitUntil("no part of the job left running") {
-                try await f.count("parts", ["job": .objectId(id), "status.name": ["$in": ["queued", "running", "retry"]]]) == 0
-            }
+            try await f.settled(id)
             // Every finished run counted once and stored its one result once. A SIGKILL between
             // publishing a chunk of parts and recording them can leave those parts unrecorded:
             // they still run (recorded when they start), so a few more parts than needed may
