@@ -34,6 +34,7 @@ struct JobReconciler: DocumentReconciler {
     let accountingPending: @Sendable (ObjectId) -> Bool
     let logger: Logger
     let broadcasts = BroadcastLog()
+    let census = PartsCensus()
 
     init(store: MasterStore, publisher: MasterPublisher, slaves: SlaveTracker, limits: Limits,
          ingest: @escaping @Sendable (IngestCommand) -> Void, accountingPending: @escaping @Sendable (ObjectId) -> Bool,
@@ -162,6 +163,7 @@ struct JobReconciler: DocumentReconciler {
         let published = try await dispatcher.dispatch(job, image: image, live: live)
         // Retried parts stay in the queued count (retry → queued); new ones join it.
         let queued = live.queued + live.retry.count + published.new
+        census.update(job.id, PartCounts(queued: queued, running: live.running, done: job.parts.done, failed: job.parts.failed))
         if job.parts.queued != queued || job.parts.running != live.running {
             try await store.jobs.updateOne(
                 ["_id": .objectId(job.id)],
@@ -183,6 +185,7 @@ struct JobReconciler: DocumentReconciler {
     private func cancelling(_ job: JobDocument, log: Logger) async throws -> ReconcileOutcome {
         try await cancelQueuedParts(job.id)
         let running = try await store.raw(.parts).countDocuments(["job": .objectId(job.id), "status.name": "running"])
+        census.update(job.id, running == 0 ? nil : PartCounts(running: running, done: job.parts.done, failed: job.parts.failed))
         if running == 0 {
             if try await move(job, to: .cancelled, reason: job.status.reason) {
                 ingest(.recompute(job.id, progress: false))
@@ -202,6 +205,7 @@ struct JobReconciler: DocumentReconciler {
     private func end(_ job: JobDocument, as state: JobState, reason: String?, log: Logger) async throws {
         try await publisher.broadcast(ControlMessage(.cancelJob, job: job.id))
         try await cancelQueuedParts(job.id)
+        census.update(job.id, nil)
         if try await move(job, to: state, reason: reason) {
             ingest(.recompute(job.id, progress: false))
             if state == .failed {
@@ -302,6 +306,25 @@ struct JobReconciler: DocumentReconciler {
             next = base
         }
         return .success(PartImage(id: id, sha256: chain[0].sha256, chain: chain))
+    }
+}
+
+/// Parts of the active jobs by state, as the job reconciler last counted them, for the
+/// `talus_master_parts{state}` gauges.
+final class PartsCensus: Sendable {
+    private let counts = Mutex<[ObjectId: PartCounts]>([:])
+
+    func update(_ job: ObjectId, _ parts: PartCounts?) {
+        let total = counts.withLock { all -> PartCounts in
+            all[job] = parts
+            return all.values.reduce(into: PartCounts()) { sum, c in
+                sum.queued += c.queued; sum.running += c.running; sum.done += c.done; sum.failed += c.failed
+            }
+        }
+        MasterMetrics.parts("queued").record(total.queued)
+        MasterMetrics.parts("running").record(total.running)
+        MasterMetrics.parts("done").record(total.done)
+        MasterMetrics.parts("failed").record(total.failed)
     }
 }
 
