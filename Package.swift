@@ -160,5 +160,6 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "TalusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusModelTests", dependencies: ["TalusModel"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusCoreTests", dependencies: ["TalusCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "TalusAgentTests", dependencies: ["TalusAgent", "TalusTestSupport"], swiftSettings: swiftSettings),
     ]
 )
