@@ -130,7 +130,10 @@ public final class GuestAgent {
             "TALUS_RUN": config.run, "TALUS_TOOL": config.tool.name, "TALUS_COMPONENTS": bundleDir + "/components",
             "HOME": root,
         ], inherit: ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM": "dumb"])
-        let tool = try ToolProcess(entry: config.entry, directory: toolDir, environment: env)
+        guard let entry = try entryCommand(config, toolDirectory: toolDir) else {
+            return (-1, "the tool has no entry command (neither in the part nor in tool/\(ToolManifest.fileName))")
+        }
+        let tool = try ToolProcess(entry: entry, directory: toolDir, environment: env)
         send(.started)
         var tail = EventsFileTail(path: workspace.eventsFile)
 
@@ -151,6 +154,15 @@ public final class GuestAgent {
         if logLinesDropped > 0 { sendLog("warning", "\(logLinesDropped) output lines were not relayed (rate limit)") }
         let code = Int(tool.exitStatus ?? -1)
         return (code, code == 0 ? nil : (code < 0 ? "the tool was killed by signal \(-code)" : "the tool exited with status \(code)"))
+    }
+
+    /// The entry from the config, else from the bundle's manifest.
+    private func entryCommand(_ config: GuestConfig, toolDirectory: String) throws -> String? {
+        if let e = config.entry, !e.trimmingSpaces.isEmpty { return e }
+        let path = toolDirectory + "/" + ToolManifest.fileName
+        guard let bytes = try? readFile(path) else { return nil }
+        let manifest = try TalusJSON.decoder().decode(ToolManifest.self, from: Data(bytes))
+        return manifest.entry
     }
 
     private func pollOnce(_ tool: ToolProcess, timeoutMs: Int32) {
