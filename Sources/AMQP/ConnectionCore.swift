@@ -90,10 +90,6 @@ final class Counters: Sendable {
     let staleSettlements = Atomic<UInt64>(0)
     let blocked = Atomic<Bool>(false)
     let heartbeat = Atomic<Int>(0)
-
-    static func increment(_ counter: borrowing Atomic<UInt64>) {
-        counter.wrappingAdd(1, ordering: .relaxed)
-    }
 }
 
 /// A pipe whose read end sits in the connection thread's poll set; writing a byte wakes
@@ -181,8 +177,8 @@ final class ConnectionCore: Sendable {
     }
 
     /// Runs `body` on the connection thread and returns its result. With
-    /// `requiresConnection`, fails fast with ``AMQPError/Kind/notConnected`` while the
-    /// connection is down instead of waiting for it.
+    /// `requiresConnection`, fails fast (``AMQPError/Kind/notConnected`` while the connection
+    /// is down, ``AMQPError/Kind/blocked`` while the broker blocks it) instead of waiting.
     func perform<T: Sendable>(
         _ context: String, requiresConnection: Bool = true,
         _ body: @escaping @Sendable (ConnectionLoop) throws(AMQPError) -> T
@@ -190,8 +186,8 @@ final class ConnectionCore: Sendable {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, AMQPError>, Never>) in
             let operation = ThreadOperation(
                 run: { loop in
-                    if requiresConnection, !loop.isConnected {
-                        continuation.resume(returning: .failure(AMQPError(.notConnected, context)))
+                    if requiresConnection, let error = loop.unavailable(context) {
+                        continuation.resume(returning: .failure(error))
                         return
                     }
                     do throws(AMQPError) {
