@@ -715,25 +715,28 @@ final class ConnectionLoop {
     }
 
     func bind(_ binding: AMQPBinding, record: Bool = true) throws(AMQPError) {
-        try ensureControlChannel()
-        let arena = self.arena
-        try rpc(Self.controlChannel, "queue.bind '\(binding.queue)' to '\(binding.exchange)' with '\(binding.routingKey)'", { connection in
-            amqp_queue_bind(
-                connection, Self.controlChannel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
-                arena.bytes(binding.routingKey), arena.table(binding.arguments))
-        }, extract: { _ in () })
+        try changeBinding(binding, bind: true)
         if record { topology.record(binding) }
     }
 
     func unbind(_ binding: AMQPBinding) throws(AMQPError) {
+        try changeBinding(binding, bind: false)
+        topology.forget(binding)
+    }
+
+    private func changeBinding(_ binding: AMQPBinding, bind: Bool) throws(AMQPError) {
         try ensureControlChannel()
         let arena = self.arena
-        try rpc(Self.controlChannel, "queue.unbind '\(binding.queue)' from '\(binding.exchange)' with '\(binding.routingKey)'", { connection in
-            amqp_queue_unbind(
-                connection, Self.controlChannel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
-                arena.bytes(binding.routingKey), arena.table(binding.arguments))
+        let method = bind ? "queue.bind" : "queue.unbind"
+        let context = "\(method) '\(binding.queue)' to '\(binding.exchange)' with '\(binding.routingKey)'"
+        // Both replies are empty (`char dummy`): read them as a byte.
+        try rpc(Self.controlChannel, context, { connection -> UnsafeMutablePointer<CChar>? in
+            let (queue, exchange, key) = (arena.bytes(binding.queue), arena.bytes(binding.exchange), arena.bytes(binding.routingKey))
+            let arguments = arena.table(binding.arguments)
+            return bind
+                ? amqp_queue_bind(connection, Self.controlChannel, queue, exchange, key, arguments).map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: CChar.self) }
+                : amqp_queue_unbind(connection, Self.controlChannel, queue, exchange, key, arguments).map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: CChar.self) }
         }, extract: { _ in () })
-        topology.forget(binding)
     }
 
     func purgeQueue(_ name: String) throws(AMQPError) -> UInt32 {
