@@ -47,6 +47,7 @@ public enum AMQPConnectionState: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// True in the `.connected` state.
     public var isConnected: Bool { self == .connected }
 }
 
@@ -57,14 +58,19 @@ public struct AMQPStatistics: Sendable, Hashable {
     /// Messages written to the broker (a message resent after a reconnection counts again
     /// only if the application republished it).
     public var published: UInt64
+    /// Publishes the broker confirmed.
     public var confirmed: UInt64
+    /// Publishes the broker nacked.
     public var nacked: UInt64
+    /// Mandatory publishes the broker returned as unroutable.
     public var returned: UInt64
     /// Publishes that failed with ``AMQPError/Kind/unconfirmed``.
     public var unconfirmed: UInt64
     /// Publishes accepted and not settled yet (queued or awaiting a confirm).
     public var inFlightPublishes: Int
+    /// Deliveries received by consumers.
     public var delivered: UInt64
+    /// Deliveries acked by the application.
     public var acked: UInt64
     /// Deliveries nacked or rejected.
     public var rejected: UInt64
