@@ -243,6 +243,9 @@ final class ConnectionLoop {
         }
         consumers.removeAll()
         if let connection {
+            // A polite close, but never a long wait for a broker that stopped answering.
+            var closeTimeout = timeval(min(configuration.rpcTimeout, .seconds(2)))
+            _ = amqp_set_rpc_timeout(connection, &closeTimeout)
             _ = amqp_connection_close(connection, AMQP_REPLY_SUCCESS)
             amqp_destroy_connection(connection)
             self.connection = nil
