@@ -54,6 +54,7 @@ struct ReconnectionTests {
         #expect(try await connection.inspectQueue(queue).messageCount == 1)
         #expect(connection.reconnectCount == 0)
         #expect(states.all == [.connected])
+        try await connection.deleteQueue(queue)
         await connections.closeAll()
     }
 
