@@ -146,7 +146,7 @@ public final class PrivateRabbitMQ: @unchecked Sendable {
         fm.createFile(atPath: directory + "/rabbitmq-env.conf", contents: Data())
         fm.createFile(
             atPath: directory + "/rabbitmq.conf",
-            contents: Data("listeners.tcp.default = 127.0.0.1:\(port)\n".utf8))
+            contents: Data("listeners.tcp.default = 127.0.0.1:\(port)\nconsumer_timeout = 691200000\n".utf8))
         fm.createFile(atPath: directory + "/enabled_plugins", contents: Data("[].\n".utf8))
         let p = try TestProcess(
             try TestEnvironment.rabbitmqServer(), [], environment: environment,
