@@ -286,6 +286,32 @@ struct Item: Codable, Sendable, Equatable {
         }
     }
 
+    @Test func renameAndDropDatabaseEvents() async throws {
+        try await withDatabase("mongorename") { client, db in
+            let a = db.collection("a")
+            try await a.insertOne(["x": 1])
+            let collectionStream = try await a.watch(options: ChangeStreamOptions(maxAwaitTimeMS: 200))
+            let databaseStream = try await db.watch(options: ChangeStreamOptions(maxAwaitTimeMS: 200))
+            try await client.runCommand(["renameCollection": .string("\(db.name).a"), "to": .string("\(db.name).b")])
+            var it = collectionStream.makeAsyncIterator()
+            let rename = try await nextEvent(&it)
+            #expect(rename.operationType == .rename)
+            #expect(rename.ns == Namespace(db: db.name, coll: "a"))
+            #expect(rename.to == Namespace(db: db.name, coll: "b"))
+            #expect(try await nextEvent(&it).operationType == .invalidate)
+            await collectionStream.close()
+
+            try await db.drop()
+            var dbIt = databaseStream.makeAsyncIterator()
+            var kinds: [OperationType] = []
+            while kinds.last != .invalidate { kinds.append(try await nextEvent(&dbIt).operationType) }
+            #expect(kinds.first == .rename)
+            #expect(Array(kinds.suffix(2)) == [.dropDatabase, .invalidate])
+            #expect(kinds.dropFirst().dropLast(2).allSatisfy { $0 == .drop })
+            await databaseStream.close()
+        }
+    }
+
     @Test func aPipelineFiltersEvents() async throws {
         try await withDatabase("mongopipeline") { _, db in
             let items = db.collection("items", as: Item.self)
