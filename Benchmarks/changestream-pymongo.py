@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Change-stream delivery latency with pymongo: the reference for `talus-bench changestream`.
 
-One client inserts a document, another waits on a change stream of the collection; latency is
-from just before insert_one() to the event arriving. Sequential: the next insert starts after
+One client inserts a document; a thread of another client waits on a change stream of the
+collection (a getMore is always pending, as in talus-bench); latency is from just before
+insert_one() to the event reaching the inserting thread. Sequential: the next insert starts after
 the previous event arrived. Prints one JSON line: {"impl": "pymongo", "events": N, "p50_ms": ...}.
 
     python3 Benchmarks/changestream-pymongo.py --uri 'mongodb://127.0.0.1:27017/?replicaSet=rs0' --events 1000
@@ -10,6 +11,8 @@ the previous event arrived. Prints one JSON line: {"impl": "pymongo", "events": 
 import argparse
 import json
 import os
+import queue
+import threading
 import time
 import uuid
 
@@ -39,17 +42,27 @@ def main():
     written = writer[db_name]["events"]
     written.insert_one({"i": -1})  # create the collection and warm both connections
     latencies = []
+    arrivals = queue.Queue()
+    total = args.warmup + args.events
+
+    def watch(stream):
+        for _ in range(total):
+            event = stream.next()  # blocks, with a getMore pending on the server
+            arrivals.put((event["fullDocument"]["i"], time.perf_counter()))
+
     try:
         with watched.watch(max_await_time_ms=args.max_await_ms) as stream:
-            for i in range(args.warmup + args.events):
+            watcher_thread = threading.Thread(target=watch, args=(stream,), daemon=True)
+            watcher_thread.start()
+            for i in range(total):
                 start = time.perf_counter()
                 written.insert_one({"i": i})
-                event = stream.next()
-                end = time.perf_counter()
-                if event["fullDocument"]["i"] != i:
-                    raise SystemExit(f"expected event {i}, got {event['fullDocument']}")
+                got, end = arrivals.get(timeout=60)
+                if got != i:
+                    raise SystemExit(f"expected event {i}, got {got}")
                 if i >= args.warmup:
                     latencies.append((end - start) * 1000.0)
+            watcher_thread.join()
     finally:
         writer.drop_database(db_name)
         watcher.close()

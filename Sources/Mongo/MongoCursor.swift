@@ -66,6 +66,8 @@ final class CursorCore: @unchecked Sendable {
         connection.client.threadPool.submit { _ in resources.destroy() }
     }
 
+    /// What deinit hands to a pool thread. `@unchecked Sendable`: the cursor is gone, so the
+    /// pool job is the only user of these pointers.
     private struct Resources: @unchecked Sendable {
         let cursor: OpaquePointer?
         let collection: OpaquePointer?
