@@ -187,6 +187,15 @@ struct Item: Codable, Sendable, Equatable {
             // Idle again after the event; the token is still a valid position (resuming from it
             // delivers only later events).
             while try await notifications.next()?.event != nil {}
+            // A write to another collection moves the server's post-batch token: the stream reads
+            // it after the empty batches that follow (mongoc_change_stream_get_resume_token).
+            let beforeOtherWrite = stream.resumeToken
+            try await db.collection("other").insertOne(["y": 1])
+            try await waitUntil("an empty batch advances the token", timeout: .seconds(10), interval: .milliseconds(1)) {
+                let notification = try await notifications.next()
+                #expect(notification != nil && notification?.event == nil)
+                return stream.resumeToken != beforeOtherWrite
+            }
             let afterIdle = try #require(stream.resumeToken)
             await stream.close()
             let resumed = try await items.watch(options: ChangeStreamOptions(maxAwaitTimeMS: 100, resumeAfter: afterIdle))
