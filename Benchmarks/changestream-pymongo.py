@@ -4,7 +4,8 @@
 One client inserts a document; a thread of another client waits on a change stream of the
 collection (a getMore is always pending, as in talus-bench); latency is from just before
 insert_one() to the event reaching the inserting thread. Sequential: the next insert starts after
-the previous event arrived. Prints one JSON line: {"impl": "pymongo", "events": N, "p50_ms": ...}.
+the previous event arrived. Prints one JSON line: {"impl": "pymongo ...", "events": N, "p50_ms": ...,
+"latencies_ms": [...]}.
 
     python3 Benchmarks/changestream-pymongo.py --uri 'mongodb://127.0.0.1:27017/?replicaSet=rs0' --events 1000
 """
@@ -76,6 +77,7 @@ def main():
         "mean_ms": sum(latencies) / len(latencies),
         "min_ms": latencies[0],
         "max_ms": latencies[-1],
+        "latencies_ms": latencies,  # so that talus-bench can pool rounds exactly
     }), flush=True)
 
 

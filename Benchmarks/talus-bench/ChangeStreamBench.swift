@@ -35,7 +35,9 @@ struct ChangeStreamBench: AsyncParsableCommand {
     @Option(help: "The pymongo reference script; empty to skip it.")
     var pymongoScript = "Benchmarks/changestream-pymongo.py"
 
-    struct Result: Decodable {
+    /// One implementation's figures; computed here for both from the raw latencies, so that
+    /// rounds pool the same way.
+    struct Result {
         var impl: String
         var events: Int
         var p50_ms: Double
@@ -43,6 +45,23 @@ struct ChangeStreamBench: AsyncParsableCommand {
         var mean_ms: Double
         var min_ms: Double
         var max_ms: Double
+
+        init(impl: String, latencies: [Double]) {
+            let sorted = latencies.sorted()
+            self.impl = impl
+            events = sorted.count
+            p50_ms = percentile(sorted, 50)
+            p99_ms = percentile(sorted, 99)
+            mean_ms = sorted.reduce(0, +) / Double(max(1, sorted.count))
+            min_ms = sorted.first ?? .nan
+            max_ms = sorted.last ?? .nan
+        }
+    }
+
+    /// What the pymongo script prints.
+    struct ReferenceOutput: Decodable {
+        var impl: String
+        var latencies_ms: [Double]
     }
 
     func run() async throws {
@@ -51,26 +70,24 @@ struct ChangeStreamBench: AsyncParsableCommand {
         }
         let perRound = max(1, events / max(1, rounds))
         var ours: [Double] = []
-        var theirs: [Result] = []
+        var theirs: [Double] = []
+        var referenceName = "pymongo"
         for _ in 0..<max(1, rounds) {
             ours += try await measure(uri: uri, events: perRound)
-            if !pymongoScript.isEmpty { theirs.append(try runPymongo(uri: uri, events: perRound)) }
+            if !pymongoScript.isEmpty {
+                let reference = try runPymongo(uri: uri, events: perRound)
+                referenceName = reference.impl
+                theirs += reference.latencies_ms
+            }
         }
-        ours.sort()
-        let mine = Result(
-            impl: "talus Mongo (libmongoc \(Self.libmongocVersion))", events: ours.count,
-            p50_ms: percentile(ours, 50), p99_ms: percentile(ours, 99), mean_ms: ours.reduce(0, +) / Double(ours.count),
-            min_ms: ours.first ?? .nan, max_ms: ours.last ?? .nan)
-        var rows = [mine]
-        if let reference = combine(theirs) { rows.append(reference) }
+        var rows = [Result(impl: "talus Mongo (libmongoc \(MongoClient.libmongocVersion))", latencies: ours)]
+        if !theirs.isEmpty { rows.append(Result(impl: referenceName, latencies: theirs)) }
         print(table(rows))
         if rows.count == 2 {
             let (a, b) = (rows[0], rows[1])
             print(String(format: "ratio ours/pymongo: p50 %.2fx  p99 %.2fx  (target ≤ 1.10x)", a.p50_ms / b.p50_ms, a.p99_ms / b.p99_ms))
         }
     }
-
-    static var libmongocVersion: String { "1.23" }
 
     /// Latencies in milliseconds of `events` sequential insert → event round trips.
     func measure(uri: String, events: Int) async throws -> [Double] {
@@ -104,7 +121,7 @@ struct ChangeStreamBench: AsyncParsableCommand {
         return latencies
     }
 
-    func runPymongo(uri: String, events: Int) throws -> Result {
+    func runPymongo(uri: String, events: Int) throws -> ReferenceOutput {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [
@@ -119,17 +136,7 @@ struct ChangeStreamBench: AsyncParsableCommand {
         guard process.terminationStatus == 0, let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last else {
             throw ValidationError("\(pymongoScript) failed (status \(process.terminationStatus))")
         }
-        return try JSONDecoder().decode(Result.self, from: Data(line.utf8))
-    }
-
-    /// Rounds of the reference merged: weighted means of the percentiles (each round reports its own).
-    func combine(_ results: [Result]) -> Result? {
-        guard let first = results.first else { return nil }
-        let n = Double(results.reduce(0) { $0 + $1.events })
-        func avg(_ f: (Result) -> Double) -> Double { results.reduce(0) { $0 + f($1) * Double($1.events) } / n }
-        return Result(
-            impl: first.impl, events: Int(n), p50_ms: avg(\.p50_ms), p99_ms: avg(\.p99_ms), mean_ms: avg(\.mean_ms),
-            min_ms: results.map(\.min_ms).min()!, max_ms: results.map(\.max_ms).max()!)
+        return try JSONDecoder().decode(ReferenceOutput.self, from: Data(line.utf8))
     }
 
     func table(_ rows: [Result]) -> String {

@@ -144,6 +144,9 @@ public final class MongoClient: Sendable {
         return String(uri[..<scheme.upperBound]) + "***@" + String(uri[uri.index(after: at)...])
     }
 
+    /// The version of the libmongoc this process runs with ("1.23.1").
+    public static var libmongocVersion: String { String(cString: mongoc_get_version()) }
+
     /// A handle on database `name` (nothing is sent to the server).
     public func database(_ name: String) -> MongoDatabase { MongoDatabase(client: self, name: name) }
 
