@@ -8,6 +8,7 @@ struct TalusBench: AsyncParsableCommand {
         abstract: "Benchmarks of Talus components.",
         subcommands: [
             ChangeStreamBench.self,
+            AMQPBenchCommand.self,
         ]
     )
 
