@@ -174,5 +174,6 @@ let package = Package(
             dependencies: ["TalusMaster", "TalusModel", "TalusCore", "Mongo", "AMQP", "TalusTestSupport"],
             swiftSettings: swiftSettings
         ),
+        .testTarget(name: "TalusAgentTests", dependencies: ["TalusAgent", "TalusTestSupport"], swiftSettings: swiftSettings),
     ]
 )

@@ -50,17 +50,17 @@ struct _BSONDecoderImpl: Decoder {
     }
 
     /// A `T` from `value`: directly for primitives, else through its `init(from:)`.
-    func unbox<T: Decodable>(_ value: BSONValue, as type: T.Type, at path: [any CodingKey]) throws -> T {
+    func unbox<T: Decodable>(_ value: BSONValue, as type: T.Type, at path: @autoclosure () -> [any CodingKey]) throws -> T {
         if let primitive = type as? any BSONPrimitive.Type {
-            return try self.primitive(value, as: primitive, at: path) as! T
+            return try self.primitive(value, as: primitive, at: path()) as! T
         }
-        return try T(from: child(value, path))
+        return try T(from: child(value, path()))
     }
 
-    func primitive<T: BSONPrimitive>(_ value: BSONValue, as type: T.Type, at path: [any CodingKey]) throws -> T {
+    func primitive<T: BSONPrimitive>(_ value: BSONValue, as type: T.Type, at path: @autoclosure () -> [any CodingKey]) throws -> T {
         if let v = T(bsonValue: value) { return v }
         let context = DecodingError.Context(
-            codingPath: path, debugDescription: "expected \(T.expectation), found BSON \(value.typeName)")
+            codingPath: path(), debugDescription: "expected \(T.expectation), found BSON \(value.typeName)")
         if value.isNull { throw DecodingError.valueNotFound(T.self, context) }
         throw DecodingError.typeMismatch(T.self, context)
     }
@@ -143,7 +143,8 @@ struct _BSONUnkeyedDecoder: UnkeyedDecodingContainer {
     var count: Int? { items.count }
     var isAtEnd: Bool { currentIndex >= items.count }
 
-    fileprivate var path: [any CodingKey] { codingPath + [AnyCodingKey(intValue: currentIndex)] }
+    fileprivate var path: [any CodingKey] { path(currentIndex) }
+    fileprivate func path(_ index: Int) -> [any CodingKey] { codingPath + [AnyCodingKey(intValue: index)] }
 
     fileprivate mutating func next<T>(_ type: T.Type) throws -> BSONValue {
         guard !isAtEnd else {
@@ -161,8 +162,8 @@ struct _BSONUnkeyedDecoder: UnkeyedDecodingContainer {
     }
 
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        let p = path
-        return try impl.unbox(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.unbox(try next(type), as: type, at: path(index))
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
@@ -247,59 +248,59 @@ extension _BSONKeyedDecoder {
 
 extension _BSONUnkeyedDecoder {
     mutating func decode(_ type: Bool.Type) throws -> Bool {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: String.Type) throws -> String {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: Double.Type) throws -> Double {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: Float.Type) throws -> Float {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: Int.Type) throws -> Int {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: Int8.Type) throws -> Int8 {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: Int16.Type) throws -> Int16 {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: Int32.Type) throws -> Int32 {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: Int64.Type) throws -> Int64 {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: UInt.Type) throws -> UInt {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: UInt8.Type) throws -> UInt8 {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: UInt16.Type) throws -> UInt16 {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: UInt32.Type) throws -> UInt32 {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
     mutating func decode(_ type: UInt64.Type) throws -> UInt64 {
-        let p = path
-        return try impl.primitive(try next(type), as: type, at: p)
+        let index = currentIndex
+        return try impl.primitive(try next(type), as: type, at: path(index))
     }
 }

@@ -100,19 +100,19 @@ final class _BSONEncoderImpl: Encoder {
     }
 
     /// The BSON value of `value`: directly for primitives, else by running its `encode(to:)`.
-    func box<T: Encodable>(_ value: T, at path: [any CodingKey]) throws -> BSONValue {
-        if let primitive = value as? any BSONPrimitive { return try self.primitive(primitive, at: path) }
-        let child = _BSONEncoderImpl(options: options, codingPath: path)
+    func box<T: Encodable>(_ value: T, at path: @autoclosure () -> [any CodingKey]) throws -> BSONValue {
+        if let primitive = value as? any BSONPrimitive { return try self.primitive(primitive, at: path()) }
+        let child = _BSONEncoderImpl(options: options, codingPath: path())
         try value.encode(to: child)
         return try child.storage.materialize()
     }
 
     /// The BSON value of a primitive, with the coding path in the error when it has none.
-    func primitive<T: BSONPrimitive>(_ value: T, at path: [any CodingKey]) throws -> BSONValue {
+    func primitive<T: BSONPrimitive>(_ value: T, at path: @autoclosure () -> [any CodingKey]) throws -> BSONValue {
         do {
             return try value.bsonValue()
         } catch let error as BSONError {
-            throw EncodingError.invalidValue(value, .init(codingPath: path, debugDescription: error.message))
+            throw EncodingError.invalidValue(value, .init(codingPath: path(), debugDescription: error.message))
         }
     }
 

@@ -93,6 +93,8 @@ struct BSONReader {
 
     private func utf8(from start: Int, count: Int) throws -> String {
         let raw = UnsafeRawBufferPointer(rebasing: buf[start..<(start + count)])
+        // Keys and most strings are ASCII: decoding is then exact and much cheaper than validating.
+        if !raw.contains(where: { $0 >= 0x80 }) { return String(decoding: raw, as: UTF8.self) }
         guard let s = String(validating: raw, as: UTF8.self) else {
             throw BSONError(.invalidUTF8, "invalid UTF-8", offset: start)
         }

@@ -238,6 +238,11 @@ extension BSONValue {
     public init(_ value: [BSONValue]) { self = .array(value) }
     public init(_ value: BSONTimestamp) { self = .timestamp(value) }
     public init(_ value: BSONBinary) { self = .binary(value) }
+
+    /// Binary data with a subtype: `.binary(subtype: .uuid, bytes: ...)`.
+    public static func binary(subtype: BSONBinary.Subtype, bytes: [UInt8]) -> BSONValue {
+        .binary(BSONBinary(subtype: subtype, bytes: bytes))
+    }
 }
 
 extension BSONValue: CustomStringConvertible {

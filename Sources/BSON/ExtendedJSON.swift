@@ -242,22 +242,16 @@ struct AnyCodingKey: CodingKey {
 
 extension ExtendedJSON.Node: Codable {
     func encode(to encoder: any Encoder) throws {
+        func single(_ value: (some Encodable)?) throws {
+            var c = encoder.singleValueContainer()
+            if let value { try c.encode(value) } else { try c.encodeNil() }
+        }
         switch self {
-        case .null:
-            var c = encoder.singleValueContainer()
-            try c.encodeNil()
-        case .bool(let b):
-            var c = encoder.singleValueContainer()
-            try c.encode(b)
-        case .int(let i):
-            var c = encoder.singleValueContainer()
-            try c.encode(i)
-        case .double(let d):
-            var c = encoder.singleValueContainer()
-            try c.encode(d)
-        case .string(let s):
-            var c = encoder.singleValueContainer()
-            try c.encode(s)
+        case .null: try single(String?.none)
+        case .bool(let b): try single(b)
+        case .int(let i): try single(i)
+        case .double(let d): try single(d)
+        case .string(let s): try single(s)
         case .array(let items):
             var c = encoder.unkeyedContainer()
             for item in items { try c.encode(item) }

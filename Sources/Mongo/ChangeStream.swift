@@ -225,6 +225,9 @@ final class ChangeStreamCore: @unchecked Sendable {
                 } else if finished {
                     condition.unlock()
                     continuation.resume(returning: nil)
+                } else if waiter != nil {
+                    condition.unlock()
+                    continuation.resume(returning: .failure(Self.concurrentUse))
                 } else {
                     waiter = continuation
                     condition.unlock()
@@ -234,6 +237,9 @@ final class ChangeStreamCore: @unchecked Sendable {
             requestStop()
         }
     }
+
+    static let concurrentUse = MongoError(
+        domain: .client, code: 0, message: "a change stream was iterated from two tasks at once")
 
     /// Asks the thread to stop; a waiting consumer gets nil at once.
     func requestStop() {

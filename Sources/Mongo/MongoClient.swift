@@ -144,6 +144,9 @@ public final class MongoClient: Sendable {
         return String(uri[..<scheme.upperBound]) + "***@" + String(uri[uri.index(after: at)...])
     }
 
+    /// The version of the libmongoc this process runs with ("1.23.1").
+    public static var libmongocVersion: String { String(cString: mongoc_get_version()) }
+
     /// A handle on database `name` (nothing is sent to the server).
     public func database(_ name: String) -> MongoDatabase { MongoDatabase(client: self, name: name) }
 
@@ -192,13 +195,15 @@ public final class MongoClient: Sendable {
                 defer { mongoc_client_pool_push(pool.pointer, client) }
                 return try body(client)
             }
-        } catch let error as MongoError {
-            throw error
-        } catch is CancellationError {
-            throw CancellationError()
         } catch {
-            throw Self.closedError
+            throw mapPoolError(error)
         }
+    }
+
+    /// A shut-down thread pool refuses work with `CancellationError`: that means "closed" unless
+    /// the task really was cancelled.
+    func mapPoolError(_ error: any Error) -> any Error {
+        error is CancellationError && isClosed && !Task.isCancelled ? Self.closedError : error
     }
 
     /// Takes a pooled connection for longer than one call (a cursor). Released by
@@ -212,7 +217,7 @@ public final class MongoClient: Sendable {
             return Connection(client: self, pointer: pointer.pointer)
         } catch {
             permits.release()
-            throw error is CancellationError ? error : Self.closedError
+            throw mapPoolError(error)
         }
     }
 
@@ -242,6 +247,7 @@ public final class MongoClient: Sendable {
     ///
     /// The reply of a replica-set member carries `operationTime` and `$clusterTime`.
     /// - Throws: ``MongoError`` (domain `server` for `ok: 0`, with the reply attached).
+    @discardableResult
     public func runCommand(_ command: BSONDocument, on database: String = "admin") async throws -> BSONDocument {
         try await self.database(database).runCommand(command)
     }

@@ -10,7 +10,9 @@ import CMongoC
 /// e.g. `collection.updateOne(["_id": .objectId(id)], ["$set": ["status.name": "running"]])`.
 /// Every call throws ``MongoError``.
 public struct MongoCollection<T: Codable & Sendable>: Sendable {
+    /// The database the collection is in.
     public let database: MongoDatabase
+    /// The collection name.
     public let name: String
 
     init(database: MongoDatabase, name: String) {
@@ -52,6 +54,7 @@ public struct MongoCollection<T: Codable & Sendable>: Sendable {
     }
 
     func encode(_ value: T) throws -> BSONDocument {
+        if let document = value as? BSONDocument { return document }
         do {
             return try BSONEncoder().encode(value)
         } catch {

@@ -66,6 +66,8 @@ final class CursorCore: @unchecked Sendable {
         connection.client.threadPool.submit { _ in resources.destroy() }
     }
 
+    /// What deinit hands to a pool thread. `@unchecked Sendable`: the cursor is gone, so the
+    /// pool job is the only user of these pointers.
     private struct Resources: @unchecked Sendable {
         let cursor: OpaquePointer?
         let collection: OpaquePointer?
@@ -114,7 +116,7 @@ public struct MongoCursor<T: Decodable & Sendable>: AsyncSequence {
             }.value)
         } catch {
             connection.release()
-            result = .failure(error is MongoError || error is CancellationError ? error : MongoClient.closedError)
+            result = .failure(client.mapPoolError(error))
         }
         (core, first) = try result.get()
         self.namespace = namespace
@@ -146,12 +148,11 @@ public struct MongoCursor<T: Decodable & Sendable>: AsyncSequence {
             if index == buffer.count {
                 guard !done else { return nil }
                 let core = self.core
+                let client = core.connectionClient
                 do {
-                    buffer = try await core.connectionClient.threadPool.runIfActive { UncheckedBox(try core.fetch()) }.value
-                } catch let error as MongoError {
-                    throw error
+                    buffer = try await client.threadPool.runIfActive { UncheckedBox(try core.fetch()) }.value
                 } catch {
-                    throw error is CancellationError ? error : MongoClient.closedError
+                    throw client.mapPoolError(error)
                 }
                 index = 0
                 if buffer.isEmpty {

@@ -5,7 +5,9 @@ import CMongoC
 
 /// A database of a ``MongoClient``.
 public struct MongoDatabase: Sendable {
+    /// The client the handle belongs to.
     public let client: MongoClient
+    /// The database name.
     public let name: String
 
     init(client: MongoClient, name: String) {
@@ -38,6 +40,7 @@ public struct MongoDatabase: Sendable {
     /// Runs a command on this database and returns the reply (which, on a replica set, carries
     /// `operationTime`).
     /// - Throws: ``MongoError`` with the reply attached when the server answers `ok: 0`.
+    @discardableResult
     public func runCommand(_ command: BSONDocument) async throws -> BSONDocument {
         try await withDatabase { db in
             try withBSON([command]) { p in

@@ -105,8 +105,7 @@ public struct MongoError: Error, Sendable, CustomStringConvertible {
 
     /// A unique index refused the write (server code 11000, 11001 or 12582).
     public var isDuplicateKey: Bool {
-        guard domain != .codec && domain != .client || reply != nil else { return false }
-        return serverCodes.contains { $0 == 11000 || $0 == 11001 || $0 == 12582 }
+        serverCodes.contains { $0 == 11000 || $0 == 11001 || $0 == 12582 }
     }
 
     /// The server could not be reached: no suitable server within `serverSelectionTimeoutMS`, or

@@ -58,6 +58,7 @@ import Testing
         #expect(BSONValue.double(.nan) == .double(.nan))
         #expect(BSONValue.double(0) != .double(-0.0))
         #expect(BSONValue.int32(1) != .int64(1))
+        #expect(BSONValue.binary(subtype: .md5, bytes: [1]) == .binary(BSONBinary(subtype: .md5, bytes: [1])))
         let set: Set<BSONValue> = [.int32(1), .int32(1), .string("a")]
         #expect(set.count == 2)
     }
