@@ -35,6 +35,8 @@ struct JobReconciler: DocumentReconciler {
     let logger: Logger
     let broadcasts = BroadcastLog()
     let census = PartsCensus()
+    /// Tool entry commands by "name@commit".
+    let entries = EntryCache()
 
     init(store: MasterStore, publisher: MasterPublisher, slaves: SlaveTracker, limits: Limits,
          ingest: @escaping @Sendable (IngestCommand) -> Void, accountingPending: @escaping @Sendable (ObjectId) -> Bool,
@@ -160,7 +162,11 @@ struct JobReconciler: DocumentReconciler {
             try await end(job, as: .failed, reason: problem.description, log: log)
             return .done
         }
-        let published = try await dispatcher.dispatch(job, image: image, live: live)
+        guard let entry = try await toolEntry(job) else {
+            try await end(job, as: .failed, reason: "tool \"\(job.tool)\" is no longer recorded at commit \(job.toolCommit.prefix(12))", log: log)
+            return .done
+        }
+        let published = try await dispatcher.dispatch(job, image: image, entry: entry, live: live)
         // Retried parts stay in the queued count (retry → queued); new ones join it.
         let queued = live.queued + live.retry.count + published.new
         census.update(job.id, PartCounts(queued: queued, running: live.running, done: job.parts.done, failed: job.parts.failed))
@@ -272,13 +278,23 @@ struct JobReconciler: DocumentReconciler {
         guard try await store.raw(.tasks).countDocuments(["_id": .objectId(job.task)]) == 1 else {
             return .failure(Problem("task \(job.task.hex) does not exist"))
         }
-        let tool = try await store.raw(.code).countDocuments([
-            "name": .string(job.tool), "commit": .string(job.toolCommit), "kind": "tool",
-        ])
-        guard tool > 0 else {
+        guard try await toolEntry(job) != nil else {
             return .failure(Problem("tool \"\(job.tool)\" is not recorded at commit \(job.toolCommit.prefix(12)) (push it to the code repository)"))
         }
         return try await imageChain(job.image)
+    }
+
+    /// The tool's entry command at the job's commit (`.some(nil)`: recorded without one), or nil
+    /// when the tool is not recorded at that commit. Cached: a (tool, commit) never changes.
+    func toolEntry(_ job: JobDocument) async throws -> String?? {
+        let key = job.tool + "@" + job.toolCommit
+        if let cached = entries.get(key) { return .some(cached) }
+        guard let code = try await store.raw(.code).findOne(
+            ["name": .string(job.tool), "commit": .string(job.toolCommit), "kind": "tool"],
+            options: FindOptions(projection: ["manifest.entry": 1])) else { return nil }
+        let entry = code["manifest"]?["entry"]?.stringValue
+        entries.set(key, entry)
+        return .some(entry)
     }
 
     /// The image and its bases (down to the root), each `ready` with a sha256.
@@ -325,6 +341,20 @@ final class PartsCensus: Sendable {
         MasterMetrics.parts("running").record(total.running)
         MasterMetrics.parts("done").record(total.done)
         MasterMetrics.parts("failed").record(total.failed)
+    }
+}
+
+/// Tool entry commands by "name@commit" (immutable once recorded), bounded.
+final class EntryCache: Sendable {
+    private let cache = Mutex<[String: String?]>([:])
+
+    func get(_ key: String) -> String?? { cache.withLock { $0[key] } }
+
+    func set(_ key: String, _ entry: String?) {
+        cache.withLock { all in
+            if all.count > 1000 { all.removeAll() }
+            all[key] = .some(entry)
+        }
     }
 }
 

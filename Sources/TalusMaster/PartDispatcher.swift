@@ -41,13 +41,13 @@ struct PartDispatcher: Sendable {
     ///
     /// Each publish-and-record step runs to its end even when the task is cancelled (a graceful
     /// stop never leaves published parts unrecorded); only a crash can, for one chunk.
-    func dispatch(_ job: JobDocument, image: PartImage, live: Live) async throws -> (retried: Int, new: Int) {
+    func dispatch(_ job: JobDocument, image: PartImage, entry: String?, live: Live) async throws -> (retried: Int, new: Int) {
         try await publisher.ensurePartsQueue(job.queue)
         var retried = 0
         var published = 0
         // Failed attempts first: they are owed.
         if !live.retry.isEmpty {
-            retried = try await Task { try await republish(job, image: image, parts: live.retry) }.value
+            retried = try await Task { try await republish(job, image: image, entry: entry, parts: live.retry) }.value
         }
         let room = max(0, slaves.freeSlots + window - live.queued - live.retry.count)
         let needed = job.limit < 0 ? Int.max : max(0, job.limit - job.progress - live.outstanding)
@@ -57,7 +57,7 @@ struct PartDispatcher: Sendable {
             try Task.checkCancellation()
             let n = min(remaining, Self.chunk)
             let from = next
-            let confirmed = try await Task { try await publishNew(job, image: image, from: from, count: n) }.value
+            let confirmed = try await Task { try await publishNew(job, image: image, entry: entry, from: from, count: n) }.value
             published += confirmed
             next += n
             remaining -= n
@@ -75,8 +75,8 @@ struct PartDispatcher: Sendable {
     }
 
     /// Publishes the next attempt of parts that failed, then records them queued.
-    private func republish(_ job: JobDocument, image: PartImage, parts: [PartDocument]) async throws -> Int {
-        let messages = parts.map { message(job, image: image, idx: $0.idx, attempt: $0.attempt + 1) }
+    private func republish(_ job: JobDocument, image: PartImage, entry: String?, parts: [PartDocument]) async throws -> Int {
+        let messages = parts.map { message(job, image: image, entry: entry, idx: $0.idx, attempt: $0.attempt + 1) }
         let ok = await publisher.publish(parts: messages, queue: job.queue, priority: job.priority)
         var models: [WriteModel] = []
         for (part, confirmed) in zip(parts, ok) where confirmed {
@@ -93,7 +93,7 @@ struct PartDispatcher: Sendable {
 
     /// Claims part numbers `from..<from+count`, publishes those parts and records the
     /// confirmed ones. Returns how many were confirmed.
-    private func publishNew(_ job: JobDocument, image: PartImage, from: Int, count: Int) async throws -> Int {
+    private func publishNew(_ job: JobDocument, image: PartImage, entry: String?, from: Int, count: Int) async throws -> Int {
         // Hand out the numbers first: a number is never used twice, even after a crash.
         let claimed = try await store.jobs.updateOne(
             ["_id": .objectId(job.id), "next_idx": job.nextIdx == nil && from == 1 ? ["$exists": false] : .int64(Int64(from))],
@@ -101,7 +101,7 @@ struct PartDispatcher: Sendable {
         guard claimed.matchedCount == 1 else {
             throw IngestError("next_idx of job \(job.id.hex) changed under the dispatcher")
         }
-        let messages = (from..<(from + count)).map { message(job, image: image, idx: $0, attempt: 1) }
+        let messages = (from..<(from + count)).map { message(job, image: image, entry: entry, idx: $0, attempt: 1) }
         let ok = await publisher.publish(parts: messages, queue: job.queue, priority: job.priority)
         let now = bsonNow()
         let docs: [WriteModel] = try zip(messages, ok).filter(\.1).map { m, _ in
@@ -111,8 +111,8 @@ struct PartDispatcher: Sendable {
         return docs.count
     }
 
-    func message(_ job: JobDocument, image: PartImage, idx: Int, attempt: Int) -> PartMessage {
-        PartMessage(job: job.id, idx: idx, attempt: attempt, image: image, tool: PartTool(name: job.tool, commit: job.toolCommit),
+    func message(_ job: JobDocument, image: PartImage, entry: String?, idx: Int, attempt: Int) -> PartMessage {
+        PartMessage(job: job.id, idx: idx, attempt: attempt, image: image, tool: PartTool(name: job.tool, commit: job.toolCommit, entry: entry),
                     params: job.params, vm: job.vm, network: job.network, deadline: nil, debug: job.debug)
     }
 }
