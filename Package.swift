@@ -160,5 +160,13 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "TalusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusModelTests", dependencies: ["TalusModel"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusCoreTests", dependencies: ["TalusCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TalusMasterImagesTests",
+            dependencies: [
+                "TalusMaster", "TalusCore", "TalusModel", "Mongo", "Libvirt", "TalusTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
     ]
 )
