@@ -55,42 +55,62 @@ struct ImageImportTests {
         #expect(!FileManager.default.fileExists(atPath: world.storeDirectory + "/.work/\(id.hex)"), "no work files left")
     }
 
-    @Test("qcow2 and raw uploads become ready images, one at a time with images.max_concurrent=1")
+    @Test("qcow2 and raw uploads get a password-protected VNC session, then become ready images")
     func importQcow2AndRaw() async throws {
-        try await ImageWorld.with("import", settings: ["images.max_concurrent": "1"]) { world in
+        try await ImageWorld.with("import") { world in
             let qcow2 = world.directory + "/guest.qcow2"
             let raw = world.directory + "/guest.raw"
             try await TestGuest.copy(format: "qcow2", poweroffAfter: 4, to: qcow2)
             try await TestGuest.copy(format: "raw", poweroffAfter: 4, to: raw)
             let virtualSize = try #require(try await qemuImgInfo(raw)["virtual-size"] as? Int)
             let uploadQ = try await world.upload(qcow2, filename: "guest.qcow2")
-            let uploadR = try await world.upload(raw, filename: "guest.img")
-            let first = try await world.importImage(uploadQ)
-            let second = try await world.importImage(uploadR)
+            let uploadR = try await world.upload(raw, filename: "guest.img")  // .img: the contents decide
+            let images = [try await world.importImage(uploadQ), try await world.importImage(uploadR)]
 
-            // One slot: whichever starts first runs, the other waits in `import` with a reason.
-            let running = try await waitFor("one import VM up", timeout: .seconds(180)) { () async throws -> ImageDocument? in
-                for id in [first.id, second.id] {
-                    if let image = try await world.image(id), image.status.name == .importing, image.status.vnc != nil { return image }
+            for image in images {
+                let importing = try await world.waitForImage(image.id, "importing with VNC") {
+                    $0.status.name == .importing && $0.status.vnc != nil
                 }
-                return nil
+                try await checkVNC(world, importing)
             }
-            let waitingID = running.id == first.id ? second.id : first.id
-            let waiting = try await world.waitForImage(waitingID, "waiting for a slot") { $0.status.reason?.contains("waiting") == true }
+            // The guests power themselves off.
+            for image in images { try await world.waitForState(image.id, .ready, timeout: .seconds(300)) }
+            try await checkReady(world, images[0].id, upload: uploadQ, virtualSize: Int64(virtualSize))
+            try await checkReady(world, images[1].id, upload: uploadR, virtualSize: Int64(virtualSize))
+            #expect(await world.reconciler?.runningOperations() == 0)
+            #expect(await world.driver?.errors == [])
+        }
+    }
+
+    @Test("images.max_concurrent=1: a second import waits for the slot; delete during an import removes VM, files and upload and frees the slot")
+    func slotLimitAndDeleteDuringImport() async throws {
+        try await ImageWorld.with("slots", settings: ["images.max_concurrent": "1"]) { world in
+            let guest = world.directory + "/guest.qcow2"
+            try await TestGuest.copy(poweroffAfter: 0, to: guest)
+            let uploadA = try await world.upload(guest, filename: "a.qcow2")
+            let a = try await world.importImage(uploadA)
+            try await world.waitForImage(a.id, "importing") { $0.status.name == .importing }
+            let uploadB = try await world.upload(guest, filename: "b.qcow2")
+            let b = try await world.importImage(uploadB)
+            let waiting = try await world.waitForImage(b.id, "waiting for a slot") { $0.status.reason?.contains("waiting") == true }
             #expect(waiting.status.name == .import)
-            #expect(waiting.status.reason?.contains("images.max_concurrent") == true)
-            try await checkVNC(world, running)
+            #expect(waiting.status.reason?.contains("images.max_concurrent") == true, "\(waiting.status.reason ?? "")")
+            #expect(try await world.domain(b.id) == nil, "no VM while waiting")
 
-            // The guest powers itself off; the other import gets the slot.
-            let next = try await world.waitForImage(waitingID, "importing", timeout: .seconds(240)) {
-                $0.status.name == .importing && $0.status.vnc != nil
-            }
-            #expect(try await world.image(running.id)?.status.name == .ready, "the slot frees up when the first is ready")
-            try await checkVNC(world, next)
-            try await world.waitForState(waitingID, .ready, timeout: .seconds(240))
+            // Deleting A stops its VM and removes everything; B gets the slot.
+            try await world.request(a.id, .delete)
+            try await waitUntil("image A deleted", timeout: .seconds(60)) { try await world.image(a.id) == nil }
+            #expect(try await world.domain(a.id) == nil, "the VM is gone")
+            #expect(!FileManager.default.fileExists(atPath: world.storeDirectory + "/\(a.id.hex).qcow2"))
+            #expect(!FileManager.default.fileExists(atPath: world.storeDirectory + "/.work/\(a.id.hex)"))
+            #expect(try await world.uploads.findOne(["_id": .objectId(uploadA.id)]) == nil)
+            let running = try await world.waitForImage(b.id, "importing") { $0.status.name == .importing }
+            #expect(running.status.vnc != nil)
+            #expect(await world.reconciler?.runningOperations() == 1)
 
-            try await checkReady(world, first.id, upload: uploadQ, virtualSize: Int64(virtualSize))
-            try await checkReady(world, second.id, upload: uploadR, virtualSize: Int64(virtualSize))
+            try await world.request(b.id, .delete)
+            try await waitUntil("image B deleted", timeout: .seconds(60)) { try await world.image(b.id) == nil }
+            #expect(try await world.domain(b.id) == nil)
             #expect(await world.reconciler?.runningOperations() == 0)
             #expect(await world.driver?.errors == [])
         }
@@ -159,7 +179,9 @@ struct ImageImportTests {
 
             // The VM outlives the master; the guest powers itself off while no master watches.
             let domain = try #require(try await world.domain(image.id), "the import VM keeps running without the master")
-            try await waitUntil("the guest powers off", timeout: .seconds(180)) { try await !domain.state().isActive }
+            try await world.explained {
+                try await waitUntil("the guest powers off", timeout: .seconds(300)) { try await !domain.state().isActive }
+            }
             #expect(try await world.image(image.id)?.status.name == .importing)
 
             world.startMaster()

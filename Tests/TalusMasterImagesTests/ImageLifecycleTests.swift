@@ -64,7 +64,7 @@ struct ImageLifecycleTests {
             let configuring = try await world.waitForState(child.id, .configuring, timeout: .seconds(120))
             #expect(configuring.status.vnc == nil, "no VNC for a non-interactive configure")
             #expect(configuring.status.deadline != nil)
-            let configured = try await world.waitForState(child.id, .ready, timeout: .seconds(240))
+            let configured = try await world.waitForState(child.id, .ready, timeout: .seconds(300))
             #expect(configured.file?.sha256 == (try await sha256sum(childPath)))
             #expect(configured.file?.sha256 != ready.file?.sha256, "the child changed")
             #expect(try await sha256sum(basePath) == baseHash, "the base did not change")

@@ -183,13 +183,28 @@ final class ImageWorld: Sendable {
     }
 
     /// Runs `body`; a failure also tells the reconcile errors and the image states.
-    private func explained<T>(_ body: () async throws -> T) async throws -> T {
+    func explained<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch {
-            let states = (try? await images.find()).map { $0.map { "\($0.id) \($0.status.name) \($0.status.reason ?? "")" } } ?? []
-            throw TestSupportError("\(error); reconcile errors: \(await driver?.errors ?? []); images: \(states)")
+            throw TestSupportError("\(error); \(await diagnostics())")
         }
+    }
+
+    /// Reconcile errors, image states and the last console lines of running VMs, for failure
+    /// messages.
+    func diagnostics() async -> String {
+        let docs = (try? await images.find()) ?? []
+        let states = docs.map { "\($0.id) \($0.status.name) \($0.status.reason ?? "")" }
+        var consoles: [String] = []
+        for doc in docs {
+            let log = storeDirectory + "/.work/\(doc.id.hex)/serial.log"
+            guard let data = FileManager.default.contents(atPath: log) else { continue }
+            let lines = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).suffix(6)
+            consoles.append("\(doc.id): " + lines.joined(separator: " | "))
+        }
+        let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        return "reconcile errors: \(await driver?.errors ?? []); images: \(states); consoles: \(consoles); load: \(load)"
     }
 
     /// Waits until image `id` is in `state`; fails at once if it reaches another terminal one.

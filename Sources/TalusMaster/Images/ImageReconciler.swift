@@ -209,9 +209,9 @@ public final class ImageReconciler: DocumentReconciler {
             }
             if let refusal = try await refusal(of: image, operation: "configure") { return try await refuse(image, refusal) }
         case .create:
+            if !needsVM(image) { return try await createWithoutVM(image) }
             if let problem = try await baseProblem(image) { return try await fail(image, problem) }
             if !store.exists(store.imagePath(id)) { try await store.createChild(id, base: image.base!) }
-            if !needsVM(image) { return try await createWithoutVM(image) }
         default:
             break
         }
@@ -270,10 +270,23 @@ public final class ImageReconciler: DocumentReconciler {
         return .requeue(after: min(pollInterval, Self.until(session.deadline)))
     }
 
-    /// A non-interactive create without a script: the overlay exists; hash it and finish.
+    /// A non-interactive create without a script: `qemu-img create` of the overlay (the slowest
+    /// part, a process) runs while the base is checked and `creating` is written; then the
+    /// overlay is hashed and the image is ready. An unusable base removes the overlay again.
     private func createWithoutVM(_ image: ImageDocument) async throws -> ReconcileOutcome {
-        guard let creating = try await write(image, ImageStatus(.creating)) else { return .requeue(after: .zero) }
-        return try await becomeReady(creating, try await store.describe(image.id))
+        let (id, store) = (image.id, store)
+        async let overlay: Void = {
+            if let base = image.base, !store.exists(store.imagePath(id)) { try await store.createChild(id, base: base) }
+        }()
+        if let problem = try await baseProblem(image) {
+            try? await overlay
+            try? store.removeImage(id)
+            return try await fail(image, problem)
+        }
+        async let written = write(image, ImageStatus(.creating))
+        try await overlay
+        guard let creating = try await written else { return .requeue(after: .zero) }
+        return try await becomeReady(creating, try await store.describe(id))
     }
 
     // MARK: Sessions: importing, configuring, creating
@@ -461,7 +474,8 @@ public final class ImageReconciler: DocumentReconciler {
         let start = image.status.since
         let length = Self.text(.seconds(Int64(max(0, deadline.timeIntervalSince(start)).rounded())))
         if isInteractive(image) {
-            return "the interactive session ended at its deadline (\(length), images.session_timeout) before the guest was shut down; the VM was stopped and its changes were discarded: shut the guest down before the deadline, or ask for a longer session"
+            let source = image.request?.sessionSeconds != nil ? "the requested session length" : "images.session_timeout"
+            return "the interactive session ended at its deadline (\(length), \(source)) before the guest was shut down; the VM was stopped and its changes were discarded: shut the guest down before the deadline, or ask for a longer session"
         }
         return "the guest did not power off within \(length) (images.configure_timeout); the VM was stopped and its changes were discarded. Does the image run the Talus boot hook, and does the script end?" + consoleTail(image.id)
     }

@@ -208,6 +208,7 @@ struct ImageStore: Sendable {
             if exists(target) { try FileManager.default.removeItem(atPath: target) }
             try await runCommand(
                 "qemu-img", ["convert", "-f", format.rawValue, "-O", "qcow2", "-W", source, target], timeout: fileTimeout)
+            try Task.checkCancellation()  // deleted meanwhile: do not resurrect the file
             try Self.rename(target, to: imagePath(id))
         } catch let failure as ImageFailure {
             throw failure
@@ -272,14 +273,26 @@ struct ImageStore: Sendable {
     /// its overlay only), its virtual size; the file is flushed to disk first.
     func describe(_ id: ObjectId) async throws -> ImageFile {
         let path = imagePath(id)
-        let info = try await qemuImgInfo(path, format: "qcow2")
-        let (hex, size) = try await blockingIO {
+        let (hex, size, virtualSize) = try await blockingIO {
             try Self.fsync(path)
-            return try sha256OfFile(path)
+            let virtualSize = try Self.qcow2VirtualSize(path)
+            let (hex, size) = try sha256OfFile(path)
+            return (hex, size, virtualSize)
         }
-        return ImageFile(
-            path: Self.relativePath(id), format: "qcow2", sha256: hex, size: size,
-            virtualSize: Self.int64(info["virtual-size"]))
+        return ImageFile(path: Self.relativePath(id), format: "qcow2", sha256: hex, size: size, virtualSize: virtualSize)
+    }
+
+    /// The virtual size in a qcow2 header (big-endian 64-bit at byte 24, after the magic
+    /// `QFI\xfb`), read directly: this runs on every `ready`, a process costs more than the read.
+    static func qcow2VirtualSize(_ path: String) throws -> Int64 {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw POSIXErrorWithPath(errno: errno, path: path) }
+        defer { close(fd) }
+        var header = [UInt8](repeating: 0, count: 32)
+        guard pread(fd, &header, 32, 0) == 32, header[0..<4] == [0x51, 0x46, 0x49, 0xFB] else {
+            throw ImageFailure("\(path) is not a qcow2 image")
+        }
+        return header[24..<32].reduce(Int64(0)) { $0 << 8 | Int64($1) }
     }
 
     /// The last `lines` lines of a VM's console log, for error reasons; empty if there is none.
