@@ -270,9 +270,10 @@ public final class ImageReconciler: DocumentReconciler {
         return .requeue(after: min(pollInterval, Self.until(session.deadline)))
     }
 
-    /// A non-interactive create without a script: `qemu-img create` of the overlay (the slowest
-    /// part, a process) runs while the base is checked and `creating` is written; then the
-    /// overlay is hashed and the image is ready. An unusable base removes the overlay again.
+    /// A non-interactive create without a script, `create → ready` in one reconcile:
+    /// `qemu-img create` of the overlay (a process, the slowest part) runs while the base is
+    /// checked; then the overlay is hashed and the image is ready. An unusable base removes the
+    /// overlay again. After a crash halfway the overlay is found and reused.
     private func createWithoutVM(_ image: ImageDocument) async throws -> ReconcileOutcome {
         let (id, store) = (image.id, store)
         async let overlay: Void = {
@@ -283,10 +284,8 @@ public final class ImageReconciler: DocumentReconciler {
             try? store.removeImage(id)
             return try await fail(image, problem)
         }
-        async let written = write(image, ImageStatus(.creating))
         try await overlay
-        guard let creating = try await written else { return .requeue(after: .zero) }
-        return try await becomeReady(creating, try await store.describe(id))
+        return try await becomeReady(image, try await store.describe(id))
     }
 
     // MARK: Sessions: importing, configuring, creating
@@ -316,6 +315,9 @@ public final class ImageReconciler: DocumentReconciler {
             return .requeue(after: .seconds(2))
         }
         guard let state = try await ImageVMs.state(of: domain) else { return .requeue(after: .zero) }
+        if case .paused(.ioError) = state {
+            return try await fail(image, "the VM stopped on a disk I/O error (is \(store.root) full?); the session's changes were discarded")
+        }
         if state.isActive {
             guard Date() < deadline else {
                 try await vms.remove(id)
