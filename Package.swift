@@ -175,5 +175,13 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "TalusAgentTests", dependencies: ["TalusAgent", "TalusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TalusMasterImagesTests",
+            dependencies: [
+                "TalusMaster", "TalusCore", "TalusModel", "Mongo", "Libvirt", "TalusTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

@@ -10,6 +10,7 @@ struct TalusBench: AsyncParsableCommand {
             ChangeStreamBench.self,
             AMQPBenchCommand.self,
             MasterBench.self,
+            ImageBenchCommand.self,
         ]
     )
 

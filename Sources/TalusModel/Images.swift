@@ -80,13 +80,18 @@ public struct ImageRequest: Codable, Sendable, Equatable {
     public var interactive: Bool
     /// Optional override of the session length, seconds (bounded by the master's maximum).
     public var sessionSeconds: Int?
+    /// A shell script for a non-interactive `configure` (or `create`/`import`): the master puts
+    /// it as `run.sh` on a config ISO (label `TALUSCFG`); the image's boot hook runs it and powers
+    /// the guest off (images/README.md). A non-zero exit status the hook reports on the serial
+    /// console fails the request; the changes are then discarded.
+    public var script: String?
 
-    public init(upload: ObjectId? = nil, interactive: Bool = true, sessionSeconds: Int? = nil) {
-        self.upload = upload; self.interactive = interactive; self.sessionSeconds = sessionSeconds
+    public init(upload: ObjectId? = nil, interactive: Bool = true, sessionSeconds: Int? = nil, script: String? = nil) {
+        self.upload = upload; self.interactive = interactive; self.sessionSeconds = sessionSeconds; self.script = script
     }
 
     enum CodingKeys: String, CodingKey {
-        case upload, interactive
+        case upload, interactive, script
         case sessionSeconds = "session_seconds"
     }
 }
@@ -137,8 +142,9 @@ public struct ImageDocument: TalusDocument, Equatable {
     public var credentials: ImageCredentials?
     public var request: ImageRequest?
     public var status: ImageStatus
-    /// Memory and CPUs for the import/configure VM.
-    public var vm: VMShape
+    /// Memory and CPUs for the import/configure VM; nil: the master's `images.vm_memory_mb` and
+    /// `images.vm_cpus`.
+    public var vm: VMShape?
     public var owner: ObjectId?
     public var created: Date
     public var updated: Date
@@ -146,7 +152,7 @@ public struct ImageDocument: TalusDocument, Equatable {
 
     public init(id: ObjectId = ObjectId(), name: String, os: ObjectId, base: ObjectId? = nil,
                 description: String? = nil, file: ImageFile? = nil, credentials: ImageCredentials? = nil,
-                request: ImageRequest? = nil, status: ImageStatus, vm: VMShape = VMShape(), owner: ObjectId? = nil,
+                request: ImageRequest? = nil, status: ImageStatus, vm: VMShape? = nil, owner: ObjectId? = nil,
                 tags: Tags = [], now: Date = bsonNow()) {
         self.id = id; schema = Self.currentSchema; self.name = name; self.os = os; self.base = base
         self.description = description; self.file = file; self.credentials = credentials; self.request = request

@@ -77,7 +77,9 @@ public struct Status<Name: StatusName>: Codable, Sendable, Equatable {
 // MARK: - Images
 
 /// Image states: `import → importing(vnc) → ready`; `configure → configuring(vnc) → ready`;
-/// `create → creating(vnc?) → ready`; `delete → deleting → (removed)`; any → `error(reason)`.
+/// `create → creating(vnc?) → ready`, or `create → ready` directly for a non-interactive create
+/// without a script (an overlay is created in milliseconds: no VM, nothing to show);
+/// `delete → deleting → (removed)`; any → `error(reason)`.
 public enum ImageState: String, StatusName {
     case `import`, importing, configure, configuring, create, creating, delete, deleting, ready, error
 
@@ -88,7 +90,7 @@ public enum ImageState: String, StatusName {
         .importing: [.ready, .error, .delete],
         .configure: [.configuring, .ready, .error, .delete],
         .configuring: [.ready, .error, .delete],
-        .create: [.creating, .error, .delete],
+        .create: [.creating, .ready, .error, .delete],
         .creating: [.ready, .error, .delete],
         // A refused delete goes back to where it came from, with the reason.
         .delete: [.deleting, .ready, .error],

@@ -60,6 +60,19 @@ import Testing
         #expect(doc["created"]?.dateValue == job.created)
     }
 
+    @Test func imageRequestScriptAndOptionalVMShape() throws {
+        var image = ImageDocument(name: "g", os: ObjectId(), request: ImageRequest(interactive: false, script: "echo hi\n"),
+                                  status: ImageStatus(.configure))
+        var doc = try BSONEncoder().encode(image)
+        #expect(doc["request"]?["script"]?.stringValue == "echo hi\n")
+        #expect(doc["vm"] == nil, "no shape: the master's defaults apply")
+        try bsonRoundTrip(image)
+        image.vm = VMShape(cpus: 2, memoryMB: 1024)
+        doc = try BSONEncoder().encode(image)
+        #expect(doc["vm"]?["memory_mb"]?.intValue == 1024)
+        try bsonRoundTrip(image)
+    }
+
     @Test func newerSchemaIsRefused() throws {
         var os = OSDocument(name: "x", family: .other)
         try os.checkSchema()

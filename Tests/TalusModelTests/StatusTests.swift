@@ -21,6 +21,12 @@ import Testing
         try ImageState.importing.checkTransition(to: .importing)   // same state: an update, allowed
     }
 
+    @Test func nonInteractiveCreateMayGoStraightToReady() throws {
+        try ImageState.create.checkTransition(to: .ready)
+        try ImageState.create.checkTransition(to: .creating)
+        #expect(!ImageState.import.canMove(to: .ready), "an import always runs a VM")
+    }
+
     @Test func terminalStatesHaveNoWayOut() {
         #expect(JobState.finished.isTerminal && JobState.cancelled.isTerminal && JobState.failed.isTerminal)
         #expect(!JobState.running.isTerminal)

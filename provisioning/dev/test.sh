@@ -25,6 +25,9 @@ fi
 echo "build ok (log: $RUN_DIR/build.log)"
 
 step "start services in $RUN_DIR"
+# mktemp -d makes the directory 0700; QEMU runs as libvirt-qemu and must reach the disk images
+# that tests keep in their scratch directories below it.
+chmod 0755 "$RUN_DIR"
 trap 'step "stop services"; provisioning/dev/services.sh stop "$RUN_DIR" || true' EXIT
 provisioning/dev/services.sh start "$RUN_DIR" >/dev/null
 # shellcheck disable=SC1091
