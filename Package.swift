@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "talus-api", targets: ["talus-api"]),
         .executable(name: "talus", targets: ["talus"]),
         .executable(name: "talus-agent", targets: ["talus-agent"]),
+        .executable(name: "talus-code", targets: ["talus-code"]),
         .executable(name: "talus-bench", targets: ["talus-bench"]),
         .library(name: "Mongo", targets: ["Mongo"]),
         .library(name: "AMQP", targets: ["AMQP"]),
@@ -96,7 +97,11 @@ let package = Package(
         ),
         .target(
             name: "TalusCode",
-            dependencies: ["TalusCore", "TalusModel", "Mongo"],
+            dependencies: [
+                "TalusCore", "TalusModel", "Mongo", "TalusAgent",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -120,7 +125,7 @@ let package = Package(
         .target(
             name: "TalusCLI",
             dependencies: [
-                "TalusModel", "TalusCode",
+                "TalusModel", "TalusCode", "TalusCore", "BSON",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -137,6 +142,16 @@ let package = Package(
         .executableTarget(name: "talus-api", dependencies: ["TalusAPI"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus", dependencies: ["TalusCLI"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus-agent", dependencies: ["TalusAgent"], swiftSettings: swiftSettings),
+        // The code repository's hooks and administration (`talus-code init|hook|record|...`).
+        .executableTarget(
+            name: "talus-code",
+            dependencies: [
+                "TalusCode", "TalusCore", "Mongo",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "talus-bench",
             dependencies: [
@@ -161,5 +176,14 @@ let package = Package(
         .testTarget(name: "TalusModelTests", dependencies: ["TalusModel"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusCoreTests", dependencies: ["TalusCore"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusAgentTests", dependencies: ["TalusAgent", "TalusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TalusCodeTests",
+            dependencies: [
+                "TalusCode", "TalusAgent", "TalusModel", "TalusCore", "TalusAPI", "Mongo", "BSON", "TalusTestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
     ]
 )
