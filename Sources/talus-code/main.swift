@@ -191,21 +191,34 @@ struct Hook: AsyncParsableCommand {
     }
 }
 
+/// `--repository` and `--commit`, for the commands that read a commit of the repository.
+struct CommitOptions: ParsableArguments {
+    @Option(help: "The bare repository (default: code.repository).") var repository: String?
+    @Option(help: "The commit (default: the tip of the configured branch).") var commit: String?
+
+    /// The repository and the full commit id, or exits with a message naming `command`.
+    func resolve(_ config: CodeConfig, command: String) async throws -> (GitRepository, String) {
+        let repo = GitRepository(path: repository ?? config.repository)
+        let rev = commit ?? "refs/heads/" + config.branch
+        guard let resolved = try await repo.resolveCommit(rev) else {
+            fail("talus-code \(command): \(rev) is not a commit of \(repo.path)")
+        }
+        return (repo, resolved)
+    }
+}
+
 struct Record: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Record the tools and components at main's tip (or --commit) in the database, as post-receive does.")
     @OptionGroup var options: ConfigOptions
-    @Option(help: "The bare repository (default: code.repository).") var repository: String?
-    @Option(help: "A commit to record (default: the tip of the configured branch).") var commit: String?
+    @OptionGroup var target: CommitOptions
 
     func run() async throws {
         let config = try await options.load()
-        let hooks = CodeHooks(repository: GitRepository(path: repository ?? config.repository), branch: config.branch)
         do {
-            guard let resolved = try await hooks.repository.resolveCommit(commit ?? hooks.mainRef) else {
-                fail("talus-code record: \(commit ?? hooks.mainRef) is not a commit of \(hooks.repository.path)")
-            }
-            say(try await withStore(config) { try await hooks.record(commit: resolved, store: $0) })
+            let (repo, commit) = try await target.resolve(config, command: "record")
+            let hooks = CodeHooks(repository: repo, branch: config.branch)
+            say(try await withStore(config) { try await hooks.record(commit: commit, store: $0) })
         } catch {
             fail("talus-code record: \(error)")
         }
@@ -216,19 +229,15 @@ struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check every tool and component at a commit with the pre-receive rules (exit 1 on problems).")
     @OptionGroup var options: ConfigOptions
-    @Option(help: "The bare repository (default: code.repository).") var repository: String?
-    @Option(help: "The commit (default: the tip of the configured branch).") var commit: String?
+    @OptionGroup var target: CommitOptions
 
     func run() async throws {
         let config = try await options.load()
-        let repo = GitRepository(path: repository ?? config.repository)
         do {
-            guard let resolved = try await repo.resolveCommit(commit ?? "refs/heads/" + config.branch) else {
-                fail("talus-code check: \(commit ?? config.branch) is not a commit of \(repo.path)")
-            }
-            let result = RepositoryCheck.check(try await CodeSnapshot.load(repo, commit: resolved))
+            let (repo, commit) = try await target.resolve(config, command: "check")
+            let result = RepositoryCheck.check(try await CodeSnapshot.load(repo, commit: commit))
             if result.problems.isEmpty {
-                print("\(resolved): \(result.manifests.count) tools and components, no problems")
+                print("\(commit): \(result.manifests.count) tools and components, no problems")
             } else {
                 for p in result.problems { print(p) }
                 throw ExitCode(1)
@@ -244,21 +253,17 @@ struct Check: AsyncParsableCommand {
 struct Bundle: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Build the bundle of a tool at a commit (what the API serves).")
     @OptionGroup var options: ConfigOptions
+    @OptionGroup var target: CommitOptions
     @Argument(help: "The tool.") var name: String
-    @Option(help: "The bare repository (default: code.repository).") var repository: String?
-    @Option(help: "The commit (default: the tip of the configured branch).") var commit: String?
     @Option(name: .shortAndLong, help: "Where to write the tar.gz.") var output: String
 
     func run() async throws {
         let config = try await options.load()
-        let repo = GitRepository(path: repository ?? config.repository)
         do {
-            guard let resolved = try await repo.resolveCommit(commit ?? "refs/heads/" + config.branch) else {
-                fail("talus-code bundle: \(commit ?? config.branch) is not a commit of \(repo.path)")
-            }
-            let bundle = try await BundleBuilder.build(tool: name, from: try await CodeSnapshot.load(repo, commit: resolved))
+            let (repo, commit) = try await target.resolve(config, command: "bundle")
+            let bundle = try await BundleBuilder.build(tool: name, from: try await CodeSnapshot.load(repo, commit: commit))
             try Data(bundle.bytes).write(to: URL(fileURLWithPath: output))
-            print("\(output): \(name) at \(resolved), \(bundle.bytes.count) bytes, sha256 \(bundle.sha256)")
+            print("\(output): \(name) at \(commit), \(bundle.bytes.count) bytes, sha256 \(bundle.sha256)")
         } catch {
             fail("talus-code bundle: \(error)")
         }
