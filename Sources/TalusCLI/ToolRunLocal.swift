@@ -23,8 +23,9 @@ struct ToolCommand: AsyncParsableCommand {
                 them like a bundle, and runs the entry command in tool/ with TALUS_PARAMS, TALUS_OUTPUT, \
                 TALUS_EVENTS and TALUS_COMPONENTS, printing the tool's output and events as they happen \
                 and a summary (progress, results, crashes with their sample files). Components come from \
-                --components, else from the components/ directory next to tools/. The exit status is the \
-                tool's (124 after --timeout, 130 when interrupted).
+                --components, else from the components/ directory next to tools/. As in the guest, the tool \
+                sees only the Talus variables, HOME (the work directory), PATH and TERM=dumb. The exit status \
+                is the tool's (124 after --timeout, 130 when interrupted).
                 """)
 
         @Argument(help: "The tool directory (holding talus-tool.json).") var directory: String
