@@ -168,6 +168,7 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "TalusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusModelTests", dependencies: ["TalusModel"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusCoreTests", dependencies: ["TalusCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "TalusAgentTests", dependencies: ["TalusAgent", "TalusTestSupport"], swiftSettings: swiftSettings),
         // The API served in-process on a loopback port against the shared SecantusDB, for the
         // API and CLI tests.
         .target(

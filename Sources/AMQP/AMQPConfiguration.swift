@@ -8,10 +8,15 @@
 /// percent-decoded and default to `guest`; the port defaults to 5672. `amqps` and query
 /// parameters are refused (set the ``AMQPConfiguration`` fields instead).
 public struct AMQPEndpoint: Sendable, Hashable, CustomStringConvertible {
+    /// Host name or address of the broker.
     public var host: String
+    /// TCP port (default 5672).
     public var port: Int
+    /// User name for SASL PLAIN (default `guest`).
     public var user: String
+    /// Password for SASL PLAIN (default `guest`); never logged or shown in errors.
     public var password: String
+    /// The virtual host (default `/`).
     public var virtualHost: String
 
     /// An endpoint from its parts.
@@ -131,6 +136,7 @@ public struct AMQPReconnectPolicy: Sendable, Hashable {
     /// Give up after this many failed attempts in a row (`nil`, the default: never).
     public var maximumAttempts: Int?
 
+    /// A policy; see the properties for the defaults.
     public init(enabled: Bool = true, initialDelay: Duration = .milliseconds(100), maximumDelay: Duration = .seconds(10),
                 multiplier: Double = 2, jitter: Double = 0.2, maximumAttempts: Int? = nil) {
         self.enabled = enabled
@@ -176,14 +182,23 @@ public struct AMQPReconnectPolicy: Sendable, Hashable {
 ///   queued while reconnecting; ``AMQPConnection/publish(_:exchange:routingKey:mandatory:)``
 ///   suspends when this many are outstanding (backpressure).
 public struct AMQPConfiguration: Sendable {
+    /// Where the broker is.
     public var endpoint: AMQPEndpoint
+    /// Proposed heartbeat interval in seconds (default 30; 0 disables).
     public var heartbeatSeconds: UInt16
+    /// The name the broker shows for the connection (default none).
     public var connectionName: String?
+    /// The largest frame proposed, at least 4096 (default 131072).
     public var frameMax: UInt32
+    /// TCP connect plus AMQP handshake (default 10 s).
     public var connectTimeout: Duration
+    /// Any synchronous operation (default 30 s); a timeout counts as a broken connection.
     public var rpcTimeout: Duration
+    /// How long `close()` waits for outstanding confirms (default 10 s).
     public var closeTimeout: Duration
+    /// Reconnection backoff (default ``AMQPReconnectPolicy/default``).
     public var reconnect: AMQPReconnectPolicy
+    /// Unsettled publishes before `publish` suspends (default 1000).
     public var maxInFlightPublishes: Int
 
     /// A configuration for `endpoint`.

@@ -36,6 +36,11 @@ import Logging
 /// - deliveries received on the old connection can no longer be settled
 ///   (``AMQPError/Kind/staleDelivery``); the broker redelivers them.
 ///
+/// ## Flow control
+/// When the broker blocks the connection (connection.blocked, a memory or disk alarm) it
+/// reads nothing more from it until the alarm clears: publishes wait in the queue and
+/// synchronous operations fail fast with ``AMQPError/Kind/blocked``.
+///
 /// ``state``, ``stateChanges()`` and ``statistics`` expose what happens, for metrics.
 ///
 /// Keep a reference to the connection while using it (or its consumers): when the last

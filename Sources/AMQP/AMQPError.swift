@@ -33,6 +33,11 @@ public struct AMQPError: Error, Sendable, Hashable, CustomStringConvertible {
         /// The connection is down and reconnecting; synchronous operations fail fast
         /// instead of waiting. Retry after the state is `.connected` again.
         case notConnected
+        /// The broker has blocked the connection (connection.blocked: a memory or disk alarm)
+        /// and reads nothing from it until the alarm clears; synchronous operations fail fast
+        /// meanwhile and publishes wait. Publish and consume on separate connections so that
+        /// consumers keep working.
+        case blocked
         /// The connection was closed by the application, or gave up reconnecting.
         case closed
         /// The broker rejected a published message (basic.nack).

@@ -12,7 +12,9 @@ public enum AMQPDeliveryMode: UInt8, Sendable, Hashable {
 
 /// The properties (headers) of a message. `nil` fields are not sent.
 public struct AMQPProperties: Sendable, Hashable {
+    /// MIME type of the body, e.g. `application/json`.
     public var contentType: String?
+    /// Encoding of the body, e.g. `gzip`.
     public var contentEncoding: String?
     /// Application headers. Empty means none. Dead-lettered messages carry `x-death` here.
     public var headers: AMQPTable
@@ -20,17 +22,24 @@ public struct AMQPProperties: Sendable, Hashable {
     public var deliveryMode: AMQPDeliveryMode?
     /// 0...255; a queue with `x-max-priority` n delivers higher priorities (capped at n) first.
     public var priority: UInt8?
+    /// Application correlation identifier.
     public var correlationId: String?
+    /// Queue (routing key) to reply to.
     public var replyTo: String?
     /// Per-message TTL, sent as whole milliseconds.
     public var expiration: Duration?
+    /// Application message identifier (used to match returns of mandatory publishes).
     public var messageId: String?
     /// Seconds since the Unix epoch.
     public var timestamp: UInt64?
+    /// Application message type name.
     public var type: String?
+    /// The publishing user; RabbitMQ checks it against the connection's user.
     public var userId: String?
+    /// The publishing application.
     public var appId: String?
 
+    /// Properties; everything `nil` (not sent) except ``deliveryMode`` (persistent).
     public init(contentType: String? = nil, contentEncoding: String? = nil, headers: AMQPTable = [:],
                 deliveryMode: AMQPDeliveryMode? = .persistent, priority: UInt8? = nil, correlationId: String? = nil,
                 replyTo: String? = nil, expiration: Duration? = nil, messageId: String? = nil, timestamp: UInt64? = nil,
@@ -53,9 +62,12 @@ public struct AMQPProperties: Sendable, Hashable {
 
 /// A message to publish: a body and its properties (persistent by default).
 public struct AMQPMessage: Sendable, Hashable {
+    /// The body bytes (the library does not look at them).
     public var body: [UInt8]
+    /// The properties.
     public var properties: AMQPProperties
 
+    /// A message with this body.
     public init(body: [UInt8], properties: AMQPProperties = AMQPProperties()) {
         self.body = body
         self.properties = properties

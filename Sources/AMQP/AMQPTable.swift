@@ -107,9 +107,13 @@ public struct AMQPTable: Sendable, Hashable, ExpressibleByDictionaryLiteral, Seq
         set { storage[key] = newValue }
     }
 
+    /// True when the table has no entries.
     public var isEmpty: Bool { storage.isEmpty }
+    /// The number of entries.
     public var count: Int { storage.count }
+    /// The keys.
     public var keys: Dictionary<String, AMQPFieldValue>.Keys { storage.keys }
+    /// The entries, in no particular order.
     public func makeIterator() -> Dictionary<String, AMQPFieldValue>.Iterator { storage.makeIterator() }
 }
 

@@ -21,7 +21,9 @@ public struct AMQPExchange: Sendable, Hashable {
         }
     }
 
+    /// The exchange name.
     public var name: String
+    /// The exchange type (default direct).
     public var kind: Kind
     /// Survives a broker restart (default `true`).
     public var durable: Bool
@@ -29,8 +31,10 @@ public struct AMQPExchange: Sendable, Hashable {
     public var autoDelete: Bool
     /// Only reachable through exchange-to-exchange bindings (default `false`).
     public var `internal`: Bool
+    /// Exchange arguments (e.g. `alternate-exchange`).
     public var arguments: AMQPTable
 
+    /// An exchange; durable by default.
     public init(_ name: String, kind: Kind = .direct, durable: Bool = true, autoDelete: Bool = false,
                 internal: Bool = false, arguments: AMQPTable = [:]) {
         self.name = name
@@ -55,8 +59,10 @@ public struct AMQPQueue: Sendable, Hashable {
     public var exclusive: Bool
     /// Deleted when its last consumer goes (default `false`).
     public var autoDelete: Bool
+    /// Queue arguments (`x-...`); see the typed accessors below.
     public var arguments: AMQPTable
 
+    /// A queue; durable, not exclusive, not auto-delete by default.
     public init(_ name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false,
                 arguments: AMQPTable = [:]) {
         self.name = name
@@ -107,11 +113,16 @@ public struct AMQPQueue: Sendable, Hashable {
 
 /// A binding of a queue to an exchange.
 public struct AMQPBinding: Sendable, Hashable {
+    /// The queue that receives.
     public var queue: String
+    /// The exchange that routes.
     public var exchange: String
+    /// The binding key (direct, topic exchanges; ignored by fanout).
     public var routingKey: String
+    /// Binding arguments (headers exchanges).
     public var arguments: AMQPTable
 
+    /// A binding of `queue` to `exchange` with `routingKey`.
     public init(queue: String, exchange: String, routingKey: String = "", arguments: AMQPTable = [:]) {
         self.queue = queue
         self.exchange = exchange
@@ -126,10 +137,14 @@ public struct AMQPBinding: Sendable, Hashable {
 /// afterwards (minus what was deleted or unbound through it), and declares all of it again
 /// after every reconnection, before consumers are resumed and queued publishes are sent.
 public struct AMQPTopology: Sendable, Hashable {
+    /// Exchanges, declared first.
     public var exchanges: [AMQPExchange]
+    /// Queues, declared after the exchanges.
     public var queues: [AMQPQueue]
+    /// Bindings, declared last.
     public var bindings: [AMQPBinding]
 
+    /// A topology of these exchanges, queues and bindings.
     public init(exchanges: [AMQPExchange] = [], queues: [AMQPQueue] = [], bindings: [AMQPBinding] = []) {
         self.exchanges = exchanges
         self.queues = queues
@@ -173,11 +188,14 @@ public struct AMQPTopology: Sendable, Hashable {
 /// What the broker says about a queue: its (possibly generated) name and how many ready
 /// messages and consumers it has.
 public struct AMQPQueueState: Sendable, Hashable {
+    /// The queue name (the generated one for a server-named queue).
     public var name: String
     /// Messages ready for delivery (not counting unacked ones).
     public var messageCount: UInt32
+    /// Consumers subscribed to the queue.
     public var consumerCount: UInt32
 
+    /// A queue state.
     public init(name: String, messageCount: UInt32, consumerCount: UInt32) {
         self.name = name
         self.messageCount = messageCount

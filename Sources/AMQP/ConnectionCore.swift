@@ -47,6 +47,7 @@ public enum AMQPConnectionState: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// True in the `.connected` state.
     public var isConnected: Bool { self == .connected }
 }
 
@@ -57,14 +58,19 @@ public struct AMQPStatistics: Sendable, Hashable {
     /// Messages written to the broker (a message resent after a reconnection counts again
     /// only if the application republished it).
     public var published: UInt64
+    /// Publishes the broker confirmed.
     public var confirmed: UInt64
+    /// Publishes the broker nacked.
     public var nacked: UInt64
+    /// Mandatory publishes the broker returned as unroutable.
     public var returned: UInt64
     /// Publishes that failed with ``AMQPError/Kind/unconfirmed``.
     public var unconfirmed: UInt64
     /// Publishes accepted and not settled yet (queued or awaiting a confirm).
     public var inFlightPublishes: Int
+    /// Deliveries received by consumers.
     public var delivered: UInt64
+    /// Deliveries acked by the application.
     public var acked: UInt64
     /// Deliveries nacked or rejected.
     public var rejected: UInt64
@@ -90,10 +96,6 @@ final class Counters: Sendable {
     let staleSettlements = Atomic<UInt64>(0)
     let blocked = Atomic<Bool>(false)
     let heartbeat = Atomic<Int>(0)
-
-    static func increment(_ counter: borrowing Atomic<UInt64>) {
-        counter.wrappingAdd(1, ordering: .relaxed)
-    }
 }
 
 /// A pipe whose read end sits in the connection thread's poll set; writing a byte wakes
@@ -181,8 +183,8 @@ final class ConnectionCore: Sendable {
     }
 
     /// Runs `body` on the connection thread and returns its result. With
-    /// `requiresConnection`, fails fast with ``AMQPError/Kind/notConnected`` while the
-    /// connection is down instead of waiting for it.
+    /// `requiresConnection`, fails fast (``AMQPError/Kind/notConnected`` while the connection
+    /// is down, ``AMQPError/Kind/blocked`` while the broker blocks it) instead of waiting.
     func perform<T: Sendable>(
         _ context: String, requiresConnection: Bool = true,
         _ body: @escaping @Sendable (ConnectionLoop) throws(AMQPError) -> T
@@ -190,8 +192,8 @@ final class ConnectionCore: Sendable {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, AMQPError>, Never>) in
             let operation = ThreadOperation(
                 run: { loop in
-                    if requiresConnection, !loop.isConnected {
-                        continuation.resume(returning: .failure(AMQPError(.notConnected, context)))
+                    if requiresConnection, let error = loop.unavailable(context) {
+                        continuation.resume(returning: .failure(error))
                         return
                     }
                     do throws(AMQPError) {

@@ -55,6 +55,26 @@ final class PartialContent {
     init(_ kind: Kind) { self.kind = kind }
 }
 
+/// Which deliveries of one channel are settled. The broker numbers a channel's deliveries
+/// 1, 2, 3, ...; every tag up to ``watermark`` is settled, ``above`` holds settled tags
+/// beyond it.
+struct SettledTags {
+    var watermark: UInt64 = 0
+    var above: Set<UInt64> = []
+
+    /// Records `tag` as settled; true when it extended the watermark (so a `multiple` ack up
+    /// to it covers only settled deliveries).
+    mutating func settle(_ tag: UInt64) -> Bool {
+        guard tag == watermark + 1 else {
+            if tag > watermark { above.insert(tag) }
+            return false
+        }
+        watermark = tag
+        while above.remove(watermark + 1) != nil { watermark += 1 }
+        return true
+    }
+}
+
 /// A published message awaiting its confirm.
 struct InFlight {
     let request: PendingPublish
@@ -88,6 +108,8 @@ final class ConnectionLoop {
     private var finalError: AMQPError?
     private var generation = 0
     private var heartbeat = 0
+    /// The broker sent connection.blocked (and not yet connection.unblocked).
+    private var blocked = false
 
     private var controlOpen = false
     private var publishOpen = false
@@ -110,6 +132,11 @@ final class ConnectionLoop {
     /// channel goes, so late deliveries can be given back).
     private var consumersByChannel: [amqp_channel_t: ConsumerRecord] = [:]
     private var partial: [amqp_channel_t: PartialContent] = [:]
+    /// Settlement bookkeeping per consumer channel, for coalescing acks.
+    private var settledTags: [amqp_channel_t: SettledTags] = [:]
+    /// Acks handed over by the application and not sent yet (sent at the end of each batch
+    /// of commands, coalesced into `multiple` acks where possible).
+    private var pendingAcks: [amqp_channel_t: [UInt64]] = [:]
 
     init(core: ConnectionCore, topology: AMQPTopology) {
         self.core = core
@@ -119,7 +146,17 @@ final class ConnectionLoop {
     }
 
     /// Connected and usable for synchronous operations.
-    var isConnected: Bool { connection != nil && broken == nil && !closeRequested }
+    var isConnected: Bool { unavailable("") == nil }
+
+    /// Why synchronous operations cannot run now, or `nil` when they can.
+    func unavailable(_ context: String) -> AMQPError? {
+        if closeRequested { return AMQPError(.closed, context) }
+        if connection == nil || broken != nil { return AMQPError(.notConnected, context) }
+        if blocked {
+            return AMQPError(.blocked, context, replyText: "the broker blocked the connection (resource alarm)")
+        }
+        return nil
+    }
 
     // MARK: - Lifecycle
 
@@ -151,6 +188,7 @@ final class ConnectionLoop {
             core.takeCommands(&commands)
             for command in commands { execute(command) }
             commands.removeAll(keepingCapacity: true)
+            flushAcks()
             if broken == nil { flushBacklog() }
             if broken == nil { pump(limit: 1024) }
             if let error = broken {
@@ -166,9 +204,12 @@ final class ConnectionLoop {
     }
 
     private func execute(_ command: Command) {
+        if case .settle = command {} else { flushAcks() }
         switch command {
         case .publish(let request):
-            if connection == nil || broken != nil || !backlog.isEmpty || !send(request) {
+            // While the broker blocks the connection (resource alarm) publishes wait here:
+            // writing them would block this thread in send() and stall everything else.
+            if connection == nil || broken != nil || blocked || !backlog.isEmpty || !send(request) {
                 backlog.append(request)
             }
         case .operation(let operation):
@@ -202,6 +243,9 @@ final class ConnectionLoop {
         }
         consumers.removeAll()
         if let connection {
+            // A polite close, but never a long wait for a broker that stopped answering.
+            var closeTimeout = timeval(min(configuration.rpcTimeout, .seconds(2)))
+            _ = amqp_set_rpc_timeout(connection, &closeTimeout)
             _ = amqp_connection_close(connection, AMQP_REPLY_SUCCESS)
             amqp_destroy_connection(connection)
             self.connection = nil
@@ -255,6 +299,8 @@ final class ConnectionLoop {
         }
         self.connection = connection
         broken = nil
+        blocked = false
+        core.counters.blocked.store(false, ordering: .relaxed)
         generation += 1
         let negotiatedMax = Int(amqp_get_channel_max(connection))
         channelMax = negotiatedMax == 0 ? 65535 : negotiatedMax
@@ -315,6 +361,8 @@ final class ConnectionLoop {
             consumer.incarnation = nil
         }
         consumersByChannel.removeAll()
+        settledTags.removeAll()
+        pendingAcks.removeAll()
         nextChannel = Self.firstConsumerChannel
         freeChannels.removeAll()
     }
@@ -484,10 +532,12 @@ final class ConnectionLoop {
             sendConnectionCloseOK()
             broken = error
         case AMQP_CONNECTION_BLOCKED_METHOD:
-            logger.debug("AMQP connection blocked by the broker")
+            logger.debug("AMQP connection blocked by the broker; holding publishes back")
+            blocked = true
             core.counters.blocked.store(true, ordering: .relaxed)
         case AMQP_CONNECTION_UNBLOCKED_METHOD:
             logger.debug("AMQP connection unblocked")
+            blocked = false
             core.counters.blocked.store(false, ordering: .relaxed)
         default:
             logger.trace("AMQP: ignoring method \(method.id) on channel \(channel)")
@@ -568,6 +618,8 @@ final class ConnectionLoop {
             failInFlight(error)
         default:
             liveIncarnations.removeValue(forKey: channel)?.kill()
+            settledTags[channel] = nil
+            pendingAcks[channel] = nil
             if let consumer = consumersByChannel.removeValue(forKey: channel) {
                 consumer.channel = nil
                 consumer.incarnation = nil
@@ -666,25 +718,28 @@ final class ConnectionLoop {
     }
 
     func bind(_ binding: AMQPBinding, record: Bool = true) throws(AMQPError) {
-        try ensureControlChannel()
-        let arena = self.arena
-        try rpc(Self.controlChannel, "queue.bind '\(binding.queue)' to '\(binding.exchange)' with '\(binding.routingKey)'", { connection in
-            amqp_queue_bind(
-                connection, Self.controlChannel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
-                arena.bytes(binding.routingKey), arena.table(binding.arguments))
-        }, extract: { _ in () })
+        try changeBinding(binding, bind: true)
         if record { topology.record(binding) }
     }
 
     func unbind(_ binding: AMQPBinding) throws(AMQPError) {
+        try changeBinding(binding, bind: false)
+        topology.forget(binding)
+    }
+
+    private func changeBinding(_ binding: AMQPBinding, bind: Bool) throws(AMQPError) {
         try ensureControlChannel()
         let arena = self.arena
-        try rpc(Self.controlChannel, "queue.unbind '\(binding.queue)' from '\(binding.exchange)' with '\(binding.routingKey)'", { connection in
-            amqp_queue_unbind(
-                connection, Self.controlChannel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
-                arena.bytes(binding.routingKey), arena.table(binding.arguments))
+        let method = bind ? "queue.bind" : "queue.unbind"
+        let context = "\(method) '\(binding.queue)' to '\(binding.exchange)' with '\(binding.routingKey)'"
+        // Both replies are empty (`char dummy`): read them as a byte.
+        try rpc(Self.controlChannel, context, { connection -> UnsafeMutablePointer<CChar>? in
+            let (queue, exchange, key) = (arena.bytes(binding.queue), arena.bytes(binding.exchange), arena.bytes(binding.routingKey))
+            let arguments = arena.table(binding.arguments)
+            return bind
+                ? amqp_queue_bind(connection, Self.controlChannel, queue, exchange, key, arguments).map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: CChar.self) }
+                : amqp_queue_unbind(connection, Self.controlChannel, queue, exchange, key, arguments).map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: CChar.self) }
         }, extract: { _ in () })
-        topology.forget(binding)
     }
 
     func purgeQueue(_ name: String) throws(AMQPError) -> UInt32 {
@@ -752,7 +807,7 @@ final class ConnectionLoop {
     }
 
     private func flushBacklog() {
-        guard !backlog.isEmpty, connection != nil, broken == nil else { return }
+        guard !backlog.isEmpty, connection != nil, broken == nil, !blocked else { return }
         let pending = backlog
         backlog.removeAll(keepingCapacity: true)
         for (index, request) in pending.enumerated() where !send(request) {
@@ -865,6 +920,7 @@ final class ConnectionLoop {
         try rpc(channel, "channel.open \(channel)", { amqp_channel_open($0, channel) }, extract: { _ in () })
         let incarnation = ChannelIncarnation(channel: channel)
         liveIncarnations[channel] = incarnation
+        settledTags[channel] = SettledTags()
         consumer.channel = channel
         consumer.incarnation = incarnation
         consumersByChannel[channel] = consumer
@@ -913,6 +969,8 @@ final class ConnectionLoop {
         guard let channel = consumer.channel else { return }
         consumersByChannel[channel] = nil
         liveIncarnations.removeValue(forKey: channel)?.kill()
+        settledTags[channel] = nil
+        pendingAcks[channel] = nil
         consumer.channel = nil
         consumer.incarnation = nil
         partial[channel] = nil
@@ -952,31 +1010,58 @@ final class ConnectionLoop {
         if case .terminated = consumer.continuation.yield(delivery) {
             // Nobody will read it: give it back now rather than when the channel closes.
             _ = amqp_basic_reject(connection, channel, tag, 1)
+            _ = settledTags[channel]?.settle(tag)
         }
     }
 
     private func settle(_ settlement: DeliverySettlement, _ kind: SettleKind) {
         let incarnation = settlement.incarnation
-        guard let connection, broken == nil, incarnation.isAlive,
-              liveIncarnations[incarnation.channel] === incarnation
-        else {
+        let channel = incarnation.channel
+        let tag = settlement.deliveryTag
+        guard let connection, broken == nil, incarnation.isAlive, liveIncarnations[channel] === incarnation else {
             core.counters.staleSettlements.add(1, ordering: .relaxed)
-            logger.debug("AMQP: not settling stale delivery \(settlement.deliveryTag) of channel \(incarnation.channel)")
+            logger.debug("AMQP: not settling stale delivery \(tag) of channel \(channel)")
             return
         }
         let status: Int32
         switch kind {
         case .ack:
-            status = amqp_basic_ack(connection, incarnation.channel, settlement.deliveryTag, 0)
+            pendingAcks[channel, default: []].append(tag)
             core.counters.acked.add(1, ordering: .relaxed)
+            return
         case .nack(let requeue):
-            status = amqp_basic_nack(connection, incarnation.channel, settlement.deliveryTag, 0, bool(requeue))
-            core.counters.rejected.add(1, ordering: .relaxed)
+            status = amqp_basic_nack(connection, channel, tag, 0, bool(requeue))
         case .reject(let requeue):
-            status = amqp_basic_reject(connection, incarnation.channel, settlement.deliveryTag, bool(requeue))
-            core.counters.rejected.add(1, ordering: .relaxed)
+            status = amqp_basic_reject(connection, channel, tag, bool(requeue))
         }
+        core.counters.rejected.add(1, ordering: .relaxed)
+        _ = settledTags[channel]?.settle(tag)
         if status != AMQP_STATUS_OK.rawValue { broken = AMQPError.status(status, "settling a delivery") }
+    }
+
+    /// Sends the acks collected from the last batch of commands. Per channel, the tags that
+    /// extend the run of settled tags go out as one `multiple` ack on the highest of them
+    /// (which the broker still holds unacked, as it must); the others go out one by one.
+    private func flushAcks() {
+        guard !pendingAcks.isEmpty else { return }
+        defer { pendingAcks.removeAll(keepingCapacity: true) }
+        guard let connection, broken == nil else { return }
+        for (channel, tags) in pendingAcks {
+            guard liveIncarnations[channel] != nil, var tracker = settledTags[channel] else { continue }
+            var multipleTag: UInt64?
+            for tag in tags.sorted() {
+                if tracker.settle(tag) {
+                    multipleTag = tag
+                } else if amqp_basic_ack(connection, channel, tag, 0) != AMQP_STATUS_OK.rawValue {
+                    broken = AMQPError(.connectionLost, "basic.ack")
+                }
+            }
+            settledTags[channel] = tracker
+            if let multipleTag {
+                let status = amqp_basic_ack(connection, channel, multipleTag, multipleTag == tags.min() ? 0 : 1)
+                if status != AMQP_STATUS_OK.rawValue { broken = AMQPError.status(status, "basic.ack") }
+            }
+        }
     }
 
     // MARK: - Testing

@@ -13,16 +13,20 @@ import Synchronization
 /// broker has already put the message back in its queue, and it will be delivered again
 /// (with ``redelivered`` set).
 public struct AMQPDelivery: Sendable {
+    /// The body bytes.
     public let body: [UInt8]
+    /// The message properties (headers included).
     public let properties: AMQPProperties
     /// The exchange the message was published to (empty for the default exchange).
     public let exchange: String
+    /// The routing key the message was published with (or dead-lettered with).
     public let routingKey: String
     /// The broker's tag for this delivery on its channel.
     public let deliveryTag: UInt64
     /// The broker delivered this message before (to this or another consumer) without it
     /// being acked.
     public let redelivered: Bool
+    /// The tag of the consumer it was delivered to.
     public let consumerTag: String
     let settlement: DeliverySettlement
 

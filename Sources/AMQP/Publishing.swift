@@ -40,6 +40,7 @@ public struct PublishConfirmation: Sendable {
 
 /// The outcomes of a batch of publishes, in the order of the confirmations.
 public struct PublishBatchOutcome: Sendable {
+    /// One outcome per confirmation, in order.
     public let results: [Result<Void, AMQPError>]
 
     /// How many were confirmed.

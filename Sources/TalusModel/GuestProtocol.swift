@@ -324,8 +324,9 @@ public struct GuestConfig: Codable, Sendable, Equatable {
     public var attempt: Int
     public var run: String
     public var tool: PartTool
-    /// The tool's entry command, run by `/bin/sh -c` in the bundle directory.
-    public var entry: String
+    /// The tool's entry command, run by `/bin/sh -c` in the bundle's `tool/` directory; when nil
+    /// the agent takes it from `tool/talus-tool.json`.
+    public var entry: String?
     public var params: BSONDocument
     /// The per-VM secret the agent presents in its hello.
     public var token: String
@@ -336,7 +337,7 @@ public struct GuestConfig: Codable, Sendable, Equatable {
     /// Largest file the agent sends back; bigger files are reported as a log line.
     public var maxFileBytes: Int64
 
-    public init(job: ObjectId, idx: Int, attempt: Int, run: String, tool: PartTool, entry: String,
+    public init(job: ObjectId, idx: Int, attempt: Int, run: String, tool: PartTool, entry: String?,
                 params: BSONDocument, token: String, bundle: String = "tool.tar.gz", heartbeatSeconds: Int = 5,
                 maxFileBytes: Int64 = 64 << 20) {
         self.job = job; self.idx = idx; self.attempt = attempt; self.run = run; self.tool = tool; self.entry = entry

@@ -122,7 +122,10 @@ public struct PartImage: Codable, Sendable, Equatable {
 public struct PartTool: Codable, Sendable, Equatable {
     public var name: String
     public var commit: String
-    public init(name: String, commit: String) { self.name = name; self.commit = commit }
+    /// The manifest's entry command at that commit; when nil the agent reads it from
+    /// `tool/talus-tool.json` in the bundle.
+    public var entry: String?
+    public init(name: String, commit: String, entry: String? = nil) { self.name = name; self.commit = commit; self.entry = entry }
 }
 
 /// A part message on `talus.parts` (DESIGN §6).

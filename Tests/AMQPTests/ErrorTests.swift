@@ -50,8 +50,9 @@ struct ErrorTests {
             try await connection.bind(AMQPBinding(queue: name, exchange: "amq.direct", routingKey: "x"))
         })
         #expect(bindError.isNotFound)
-        let state = try await connection.declareQueue(AMQPQueue(name, durable: false, autoDelete: true))
+        let state = try await connection.declareQueue(AMQPQueue(name, durable: false))
         #expect(state.name == name)
+        try await connection.deleteQueue(name)
         await connections.closeAll()
     }
 

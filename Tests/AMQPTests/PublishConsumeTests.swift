@@ -253,6 +253,8 @@ struct PublishConsumeTests {
         #expect(connection.statistics.returned == 10)
         // Without mandatory, unroutable messages are simply confirmed (and dropped).
         try await connection.publish(AMQPMessage("x"), exchange: exchange, routingKey: "nowhere").wait()
+        try await connection.deleteQueue(queue)
+        try await connection.deleteExchange(exchange)
         await connections.closeAll()
     }
 
@@ -306,8 +308,9 @@ struct PublishConsumeTests {
         #expect(throws: AMQPError.self) { try end.get() }
         if case .failure(let error as AMQPError) = end { #expect(error.kind == .consumerCancelled) }
         // The connection is still fine.
-        let state = try await connection.declareQueue(AMQPQueue(queue, durable: false, autoDelete: true))
+        let state = try await connection.declareQueue(AMQPQueue(queue, durable: false))
         #expect(state.messageCount == 0)
+        try await connection.deleteQueue(queue)
         await connections.closeAll()
     }
 }

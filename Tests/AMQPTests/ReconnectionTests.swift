@@ -54,6 +54,7 @@ struct ReconnectionTests {
         #expect(try await connection.inspectQueue(queue).messageCount == 1)
         #expect(connection.reconnectCount == 0)
         #expect(states.all == [.connected])
+        try await connection.deleteQueue(queue)
         await connections.closeAll()
     }
 
@@ -203,6 +204,32 @@ struct ReconnectionTests {
         let received = Set(collector.deliveries.map(\.id))
         #expect(confirmedIDs.isSubset(of: received), "missing: \(confirmedIDs.subtracting(received).sorted().prefix(10))")
         #expect(states.all.contains { if case .reconnecting = $0 { true } else { false } })
+        await connections.closeAll()
+        await broker.stop()
+    }
+
+    @Test("while the broker blocks the connection (memory alarm) publishes wait and operations fail fast")
+    func blockedConnection() async throws {
+        let broker = try PrivateRabbitMQ()
+        try await broker.start()
+        let connections = Connections()
+        let queue = uniqueName("amqp-blocked")
+        let connection = try await connections.connect("blocked", url: broker.url, topology: AMQPTopology(queues: [AMQPQueue(queue)]))
+        _ = try await broker.rabbitmqctl(["set_vm_memory_high_watermark", "absolute", "1"])
+        // RabbitMQ blocks (and announces it) when the connection publishes during the alarm,
+        // and then reads nothing more from it until the alarm clears.
+        let first = try await connection.publish(AMQPMessage("triggers the block"), exchange: "", routingKey: queue)
+        try await waitUntil("connection.blocked") { connection.statistics.blocked }
+        let held = try await connection.publish(AMQPMessage("held back"), exchange: "", routingKey: queue)
+        let error = try #require(await amqpError { _ = try await connection.inspectQueue(queue) })
+        #expect(error.kind == .blocked)
+        #expect(held.settled == nil)
+        _ = try await broker.rabbitmqctl(["set_vm_memory_high_watermark", "0.4"])
+        try await first.wait()
+        try await held.wait()
+        #expect(!connection.statistics.blocked)
+        #expect(try await connection.inspectQueue(queue).messageCount == 2)
+        #expect(connection.reconnectCount == 0)
         await connections.closeAll()
         await broker.stop()
     }

@@ -146,7 +146,7 @@ public final class PrivateRabbitMQ: @unchecked Sendable {
         fm.createFile(atPath: directory + "/rabbitmq-env.conf", contents: Data())
         fm.createFile(
             atPath: directory + "/rabbitmq.conf",
-            contents: Data("listeners.tcp.default = 127.0.0.1:\(port)\n".utf8))
+            contents: Data("listeners.tcp.default = 127.0.0.1:\(port)\nconsumer_timeout = 691200000\n".utf8))
         fm.createFile(atPath: directory + "/enabled_plugins", contents: Data("[].\n".utf8))
         let p = try TestProcess(
             try TestEnvironment.rabbitmqServer(), [], environment: environment,
@@ -159,7 +159,25 @@ public final class PrivateRabbitMQ: @unchecked Sendable {
         }
     }
 
-    /// Stops the broker: SIGTERM to the Erlang VM (its pid file), then waits for the launcher.
+    /// Runs `rabbitmqctl` against this broker (e.g. `["set_vm_memory_high_watermark",
+    /// "absolute", "1"]`) and returns its output; throws if it fails.
+    public func rabbitmqctl(_ arguments: [String], timeout: Duration = .seconds(60)) async throws -> String {
+        let server = try TestEnvironment.rabbitmqServer()
+        let ctl = String(server[..<(server.lastIndex(of: "/") ?? server.startIndex)]) + "/rabbitmqctl"
+        let logPath = directory + "/rabbitmqctl-\(uniqueName("run")).log"
+        let p = try TestProcess(ctl, ["-n", nodeName] + arguments, environment: environment, logPath: logPath)
+        try await waitUntil("rabbitmqctl \(arguments.joined(separator: " "))", timeout: timeout, interval: .milliseconds(100)) {
+            !p.isRunning
+        }
+        let output = p.logTail(20_000)
+        guard p.process.terminationStatus == 0 else {
+            throw TestSupportError("rabbitmqctl \(arguments) failed (\(p.process.terminationStatus)): \(output)")
+        }
+        return output
+    }
+
+    /// Stops the broker: SIGTERM to the Erlang VM (its pid file), SIGKILL if it is still
+    /// there after 30 s, then waits for the launcher.
     public func stop() async {
         if let pidText = try? String(contentsOfFile: directory + "/pid", encoding: .utf8),
            let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) {

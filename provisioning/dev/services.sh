@@ -111,7 +111,9 @@ start_rabbit() { # name port
   dist=$(free_port)
   local D=$RUN_DIR/rmq-$name
   mkdir -p "$D/mnesia" "$D/log"; : > "$D/rabbitmq-env.conf"
-  printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users.guest = true\n' "$port" > "$D/rabbitmq.conf"
+  # consumer_timeout: slaves ack a part only when it ends, and a part may run for days (the
+  # broker's default closes a channel after 30 minutes without an ack). 8 days > the longest VM.
+  printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users.guest = true\nconsumer_timeout = 691200000\n' "$port" > "$D/rabbitmq.conf"
   printf '[].\n' > "$D/enabled_plugins"
   (
     export HOME=$D RABBITMQ_CONF_ENV_FILE=$D/rabbitmq-env.conf RABBITMQ_CONFIG_FILE=$D/rabbitmq \

@@ -1,1 +1,0 @@
-// TalusAgent: placeholder until its first real file lands.
