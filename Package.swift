@@ -222,7 +222,8 @@ let package = Package(
             name: "TalusCodeTests",
             dependencies: [
                 "TalusCode", "TalusAgent", "TalusModel", "TalusCore", "TalusAPI", "Mongo", "BSON", "TalusTestSupport",
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                "TalusAPITestSupport",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings

@@ -4,6 +4,7 @@
 
 import Foundation
 import Logging
+import TalusCode
 import TalusCore
 
 /// The settings `talus-api` reads.
@@ -12,6 +13,7 @@ public struct APIConfig: Sendable {
     public static let keys: [SettingKey] = [
         Key.listen, Key.mongoURI, Key.mongoDatabase, Key.uploads, Key.images, Key.uploadMax, Key.uploadExpire,
         Key.fileMax, Key.maxBody, Key.metricsPublic, Key.authCache, Key.logLevel,
+        CodeConfig.Key.repository, CodeConfig.Key.bundleCache,
     ]
 
     /// The declared keys.
@@ -64,12 +66,19 @@ public struct APIConfig: Sendable {
     public var metricsPublic: Bool
     public var authCacheTTL: Duration
     public var logLevel: Logger.Level
+    /// The bare code repository tool bundles are built from (`code.repository`).
+    public var codeRepository: String
+    /// Where built bundles are kept (`code.bundle_cache`).
+    public var bundleCache: String
 
     /// A configuration for tests and tools; every value has the documented default unless given.
     public init(host: String = "127.0.0.1", port: Int = 8420, mongoURI: String, database: String = "talus",
                 uploadsDirectory: String, imagesDirectory: String, uploadMaxBytes: Int64 = 64 << 30,
                 uploadExpireAfter: Duration = .seconds(86_400), fileMaxBytes: Int64 = 1 << 30, maxBody: Int = 1 << 20,
-                metricsPublic: Bool = false, authCacheTTL: Duration = .seconds(5), logLevel: Logger.Level = .info) {
+                metricsPublic: Bool = false, authCacheTTL: Duration = .seconds(5), logLevel: Logger.Level = .info,
+                codeRepository: String = CodeConfig.Key.repository.defaultText,
+                bundleCache: String = CodeConfig.Key.bundleCache.defaultText) {
+        self.codeRepository = codeRepository; self.bundleCache = bundleCache
         self.host = host; self.port = port; self.mongoURI = mongoURI; self.database = database
         self.uploadsDirectory = uploadsDirectory; self.imagesDirectory = imagesDirectory
         self.uploadMaxBytes = uploadMaxBytes; self.uploadExpireAfter = uploadExpireAfter; self.fileMaxBytes = fileMaxBytes
@@ -110,6 +119,8 @@ public struct APIConfig: Sendable {
             throw SettingsError(key: Key.logLevel.name, problem: "\"\(level)\" is not one of trace, debug, info, notice, warning, error, critical")
         }
         logLevel = parsed
+        codeRepository = try Self.path(settings, CodeConfig.Key.repository)
+        bundleCache = try Self.path(settings, CodeConfig.Key.bundleCache)
     }
 
     /// `host:port`, `[v6]:port` → (host, port).

@@ -15,6 +15,7 @@ public enum TalusAPIServer {
     public static let routeCollections: [any APIRouteCollection] = [
         OpsRoutes(), OSRoutes(), ImageRoutes(), UploadRoutes(), CodeRoutes(), TaskRoutes(), JobRoutes(),
         ResultRoutes(), CrashRoutes(), FileRoutes(), FileSetRoutes(), SlaveRoutes(), UserRoutes(),
+        CodeBundleRoutes(),
     ]
 
     /// The application type `build` returns.

@@ -12,7 +12,7 @@ info:
   description: |
     Talus runs tools (mostly fuzzers) in throw-away VMs on a fleet of hypervisor hosts.
     Every endpoint except /healthz needs `Authorization: Bearer talus_…`.
-    Roles: `admin` > `user` > `slave`. Slave tokens may only download image files.
+    Roles: `admin` > `user` > `slave`. Slave tokens may only download image files and tool bundles.
     Users read every shared resource and change only what they own; uploads and tokens are private.
     Users write only requests into statuses (images: configure, delete; jobs: cancel; slaves: drain);
     every other state is set by the master.
@@ -469,9 +469,9 @@ paths:
         "401": {$ref: "#/components/responses/Unauthorized"}
         "403": {$ref: "#/components/responses/Forbidden"}
         "422": {$ref: "#/components/responses/Invalid"}
-  /api/v1/code/{id}:
+  /api/v1/code/{name}:
     parameters:
-      - {$ref: "#/components/parameters/Id"}
+      - {name: name, in: path, required: true, description: "A record id (24 hex digits), or a tool or component name: its newest record (at the recorded head of main, else its last recording).", schema: {type: string}}
     get:
       tags: [code]
       operationId: getCode
@@ -485,6 +485,42 @@ paths:
         "401": {$ref: "#/components/responses/Unauthorized"}
         "403": {$ref: "#/components/responses/Forbidden"}
         "404": {$ref: "#/components/responses/NotFound"}
+  /api/v1/code/head:
+    get:
+      tags: [code]
+      operationId: getCodeHead
+      summary: The commit of the main branch recorded last, with its tools and components.
+      responses:
+        "200":
+          description: The recorded head.
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/CodeHead"}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "403": {$ref: "#/components/responses/Forbidden"}
+        "404": {$ref: "#/components/responses/NotFound"}
+  /api/v1/code/{name}/bundle:
+    parameters:
+      - {name: name, in: path, required: true, description: The tool's name., schema: {type: string}}
+    get:
+      tags: [code]
+      operationId: getToolBundle
+      summary: "The tool's bundle (tar.gz of tool/ and components/<name>/) at a recorded commit (slave, user or admin tokens)."
+      parameters:
+        - {name: commit, in: query, description: "A full commit id (40 lowercase hex digits). Default: the newest, the tool at the recorded head of main.", schema: {type: string}}
+        - {name: If-None-Match, in: header, schema: {type: string}}
+      responses:
+        "200":
+          description: The bundle; the same commit always gives the same bytes.
+          headers: {Content-Length: {$ref: "#/components/headers/ContentLength"}, ETag: {$ref: "#/components/headers/ETag"}, X-Talus-SHA256: {$ref: "#/components/headers/Sha256"}, X-Talus-Commit: {description: The commit the bundle was built from., schema: {type: string}}}
+          content:
+            application/gzip:
+              schema: {type: string, format: binary}
+        "304": {description: Not modified (If-None-Match matched the ETag).}
+        "400": {$ref: "#/components/responses/BadRequest"}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "404": {$ref: "#/components/responses/NotFound"}
+        "422": {$ref: "#/components/responses/Invalid"}
 
   /api/v1/tasks:
     post:
@@ -1542,6 +1578,17 @@ components:
                 components: {type: array, items: {type: string}}
                 timeout: {type: integer}
                 resources: {type: object}
+    CodeHead:
+      type: object
+      required: [_id, branch, commit, committed, tools, components, updated]
+      properties:
+        _id: {type: string}
+        branch: {type: string}
+        commit: {type: string}
+        committed: {$ref: "#/components/schemas/Date"}
+        tools: {type: array, items: {type: string}}
+        components: {type: array, items: {type: string}}
+        updated: {$ref: "#/components/schemas/Date"}
     Task:
       allOf:
         - {$ref: "#/components/schemas/Document"}

@@ -118,60 +118,6 @@ struct OSCommand: AsyncParsableCommand {
     }
 }
 
-struct CodeCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "code", abstract: "Tools and components recorded from the code repository.", subcommands: [List.self, Show.self])
-
-    struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List recorded tools and components (each commit recorded).")
-        @OptionGroup var global: GlobalOptions
-        @OptionGroup var list: ListOptions
-        @Option(help: "Only this name.") var name: String?
-        @Option(help: "tool or component.") var kind: String?
-
-        func run() async throws {
-            try await withAPI { client in
-                let items = try await client.list("/api/v1/code", query: list.query([("name", name), ("kind", kind)]), limit: list.max, as: CodeDocument.self)
-                if global.json { try Output.json(items); return }
-                Output.table(["ID", "NAME", "KIND", "COMMIT", "COMMITTED", "PARAMS", "DESCRIPTION"], items.map {
-                    [$0.id.hex, $0.name, $0.kind.rawValue, String($0.commit.prefix(12)), Format.date($0.committed),
-                     $0.manifest.params.map(\.name).joined(separator: ","), String($0.manifest.description.prefix(50))]
-                })
-            }
-        }
-    }
-
-    struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a tool's manifest (by id, or by name: the newest recording).")
-        @OptionGroup var global: GlobalOptions
-        @Argument(help: "Name or id.") var code: String
-
-        func run() async throws {
-            try await withAPI { client in
-                let doc: CodeDocument
-                if ObjectId(code) != nil {
-                    doc = try await client.get("/api/v1/code/\(code)", as: CodeDocument.self)
-                } else {
-                    guard let newest = try await client.list("/api/v1/code", query: [("name", code)], limit: 500, as: CodeDocument.self)
-                        .max(by: { $0.committed < $1.committed }) else {
-                        throw CLIError.refused(status: 404, detail: "no tool or component named \(code) (talus code list)", problems: [])
-                    }
-                    doc = newest
-                }
-                if global.json { try Output.json(doc); return }
-                let m = doc.manifest
-                Output.fields([("id", doc.id.hex), ("name", doc.name), ("kind", doc.kind.rawValue), ("commit", doc.commit),
-                               ("committed", Format.date(doc.committed)), ("description", m.description), ("entry", m.entry ?? "-"),
-                               ("components", m.components.joined(separator: ", ")), ("timeout", m.timeout.map { "\($0)s" } ?? "-")])
-                Output.line()
-                Output.table(["PARAM", "TYPE", "REQUIRED", "DEFAULT", "DESCRIPTION"], m.params.map {
-                    [$0.name, $0.type.rawValue, $0.required ? "yes" : "no", $0.default.map { "\($0)" } ?? "-", $0.description ?? ""]
-                })
-            }
-        }
-    }
-}
-
 struct SlaveCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "slave", abstract: "Hypervisor hosts running talus-slave.", subcommands: [List.self, Show.self, Drain.self])

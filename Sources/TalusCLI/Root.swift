@@ -101,7 +101,7 @@ public struct Talus: AsyncParsableCommand {
         subcommands: [
             Login.self, OSCommand.self, ImageCommand.self, UploadCommand.self, CodeCommand.self, TaskCommand.self,
             JobCommand.self, ResultCommand.self, CrashCommand.self, SlaveCommand.self, FileCommand.self, FileSetCommand.self,
-            TokenCommand.self, UserCommand.self,
+            TokenCommand.self, UserCommand.self, ToolCommand.self,
         ])
 
     public init() {}
@@ -118,6 +118,8 @@ public enum TalusCLIMain {
                 try command.run()
             }
             return 0
+        } catch let exit as ExitCode {
+            return exit.rawValue   // `tool run-local` ends with the tool's status
         } catch let error as CLIError {
             FileHandle.standardError.write(Data(("talus: " + error.description + "\n").utf8))
             return error.exitCode

@@ -22,6 +22,8 @@ public struct BundleError: Error, CustomStringConvertible, Sendable {
         case unsafe
         /// A manifest does not decode.
         case invalid
+        /// The commit is not in the repository.
+        case missingCommit
     }
     public let kind: Kind
     public let description: String

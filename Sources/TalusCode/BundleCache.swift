@@ -62,6 +62,9 @@ public actor BundleCache {
     }
 
     private func build(tool: String, commit: String) async throws -> CachedBundle {
+        guard try await repository.resolveCommit(commit) == commit else {
+            throw BundleError(.missingCommit, "commit \(commit) is not in the code repository \(repository.path)")
+        }
         let snapshot = try await CodeSnapshot.load(repository, commit: commit)
         let bundle = try await BundleBuilder.build(tool: tool, from: snapshot)
         let p = paths(tool: tool, commit: commit)

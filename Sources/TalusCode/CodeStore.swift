@@ -108,4 +108,26 @@ public struct CodeStore: Sendable {
         try await code.find(["name": .string(name), "kind": .string(kind.rawValue)],
                             options: FindOptions(sort: ["committed": -1, "_id": -1], limit: limit))
     }
+
+    /// The record of `tool` at `commit`, or at the newest commit (the head of main) when nil;
+    /// throws ``CodeLookupError`` saying what is wrong (what the API answers, and what task
+    /// creation pins).
+    public func resolve(tool: String, commit: String?) async throws -> CodeDocument {
+        if let commit, !(commit.count == 40 && GitRepository.isFullOID(commit)) {
+            throw CodeLookupError.badCommit("commit must be a full commit id (40 lowercase hex digits), not \"\(commit.prefix(80))\"")
+        }
+        guard ToolManifest.isValidName(tool) else { throw CodeLookupError.unknownTool("there is no tool named \"\(tool.prefix(80))\"") }
+        if let commit {
+            if let doc = try await find(name: tool, kind: .tool, commit: commit) { return doc }
+        } else if let doc = try await newest(name: tool, kind: .tool) {
+            return doc
+        }
+        guard let last = try await latestRecorded(name: tool, kind: .tool) else {
+            throw CodeLookupError.unknownTool("there is no tool named \"\(tool)\" in the code repository (talus code list)")
+        }
+        if let commit {
+            throw CodeLookupError.notRecorded("tool \(tool) is not recorded at commit \(commit) (its newest recording is \(last.commit))")
+        }
+        throw CodeLookupError.notRecorded("tool \(tool) is not on the main branch any more; it was last recorded at \(last.commit): ask for that commit explicitly")
+    }
 }

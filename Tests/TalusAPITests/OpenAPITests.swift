@@ -55,6 +55,10 @@ import Yams
             #expect(os.status == 201)
             let bytes = Data("image bytes".utf8)
             let image = try await api.insertReadyImage(name: "base", contents: bytes, sha256: sha256Hex(bytes))
+            // Tasks pin recorded commits only.
+            try await api.database.collection("code", as: CodeDocument.self).insertOne(CodeDocument(
+                name: "fuzz", kind: .tool, commit: String(repeating: "c", count: 40), committed: Date(),
+                manifest: ToolManifest(name: "fuzz", description: "a fuzzer", entry: "./run.sh"), path: "tools/fuzz"))
             let task = try await api.request(.POST, "/api/v1/tasks", token: api.adminToken, json: [
                 "name": "t", "tool": "fuzz", "tool_commit": String(repeating: "c", count: 40), "image": image.hex,
             ])

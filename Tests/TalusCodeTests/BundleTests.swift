@@ -77,24 +77,36 @@ import TalusTestSupport
         defer { Task { await f.close() } }
         let service = BundleService(store: f.store, cache: BundleCache(directory: try TestEnvironment.scratchDirectory("bundles"),
                                                                       repository: GitRepository(path: f.bare)))
-        await #expect(throws: BundleRequestError.self) { try await service.bundle(tool: "nosuch", commit: nil) }
+        await #expect(throws: CodeLookupError.self) { try await service.bundle(tool: "nosuch", commit: nil) }
         do {
             _ = try await service.bundle(tool: "hello", commit: "abc")
             Issue.record("a short commit was accepted")
-        } catch let e as BundleRequestError {
+        } catch let e as CodeLookupError {
             guard case .badCommit = e else { Issue.record("wrong error \(e)"); return }
         }
         do {
             _ = try await service.bundle(tool: "hello", commit: String(repeating: "a", count: 40))
             Issue.record("an unknown commit was accepted")
-        } catch let e as BundleRequestError {
+        } catch let e as CodeLookupError {
             guard case .notRecorded(let m) = e else { Issue.record("wrong error \(e)"); return }
             #expect(m.contains("not recorded at commit aaaa"))
+        }
+        // Recorded, but the repository does not have the commit (a restored backup, the wrong path).
+        let ghost = String(repeating: "d", count: 40)
+        _ = try await f.store.code.insertOne(CodeDocument(name: "hello", kind: .tool, commit: ghost, committed: Date(),
+                                                          manifest: ToolManifest(name: "hello", description: "", entry: "./run.sh"),
+                                                          path: "tools/hello"))
+        do {
+            _ = try await service.bundle(tool: "hello", commit: ghost)
+            Issue.record("a commit missing from the repository was bundled")
+        } catch let e as CodeLookupError {
+            guard case .notInRepository(let m) = e else { Issue.record("wrong error \(e)"); return }
+            #expect(m.contains("is not in the code repository \(f.bare)"))
         }
         do {
             _ = try await service.bundle(tool: "../../etc", commit: nil)
             Issue.record("a path was accepted as a tool name")
-        } catch let e as BundleRequestError {
+        } catch let e as CodeLookupError {
             guard case .unknownTool = e else { Issue.record("wrong error \(e)"); return }
         }
     }

@@ -5,6 +5,7 @@ import BSON
 import Foundation
 import Hummingbird
 import Mongo
+import TalusCode
 import TalusModel
 
 extension ObjectReader {
@@ -61,14 +62,19 @@ struct TaskRoutes: APIRouteCollection {
             guard try await s.store.images.findOne(["_id": .objectId(image!)]) != nil else {
                 throw APIProblem.invalid("image", "image \(image!.hex) does not exist (talus image list)")
             }
-            let recorded = try await CodeRoutes.tool(s.store.code, name: tool!, commit: commit)
-            if recorded == nil && commit == nil {
-                throw APIProblem.invalid("tool", "tool \(tool!) is not in the code repository; push it (git push) and check `talus code list`, or give tool_commit")
+            // Pin the given commit, or the newest (the tool at the recorded head of main); either
+            // must have been recorded by the code hook, so the task's bundle can be served.
+            let recorded: CodeDocument
+            do {
+                recorded = try await CodeStore(database: s.store.database).resolve(tool: tool!, commit: commit)
+            } catch let e as CodeLookupError {
+                throw APIProblem.invalid(commit == nil ? "tool" : "tool_commit", e.description + " (talus code list)")
             }
-            let pinned = recorded?.commit ?? commit!
+            let pinned = recorded.commit
             _ = try await ToolParams.resolve(params, tool: tool!, commit: pinned, code: s.store.code)
             var vm = vmRaw ?? VMShape()
-            if vmRaw == nil, let m = recorded?.manifest {
+            if vmRaw == nil {
+                let m = recorded.manifest
                 if let c = m.resources?.cpus { vm.cpus = c }
                 if let mem = m.resources?.memoryMB { vm.memoryMB = mem }
                 if let t = m.timeout { vm.timeoutS = max(10, t) }
