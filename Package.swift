@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "talus-api", targets: ["talus-api"]),
         .executable(name: "talus", targets: ["talus"]),
         .executable(name: "talus-agent", targets: ["talus-agent"]),
+        .executable(name: "talus-code", targets: ["talus-code"]),
         .executable(name: "talus-bench", targets: ["talus-bench"]),
         .library(name: "Mongo", targets: ["Mongo"]),
         .library(name: "AMQP", targets: ["AMQP"]),
@@ -38,6 +39,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: ["JSON", "YAML"]),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // MARK: C shims (Debian 12 -dev packages; see provisioning/dev/services.sh install)
@@ -101,7 +103,11 @@ let package = Package(
         ),
         .target(
             name: "TalusCode",
-            dependencies: ["TalusCore", "TalusModel", "Mongo"],
+            dependencies: [
+                "TalusCore", "TalusModel", "Mongo", "TalusAgent",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -110,6 +116,9 @@ let package = Package(
                 "TalusCore", "TalusModel", "TalusCode", "Mongo",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "_NIOFileSystem", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -125,10 +134,12 @@ let package = Package(
         .target(
             name: "TalusCLI",
             dependencies: [
-                "TalusModel", "TalusCode",
+                "TalusModel", "TalusCode", "TalusCore", "BSON",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_NIOFileSystem", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -146,11 +157,23 @@ let package = Package(
         .executableTarget(name: "talus-api", dependencies: ["TalusAPI"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus", dependencies: ["TalusCLI"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus-agent", dependencies: ["TalusAgent"], swiftSettings: swiftSettings),
+        // The code repository's hooks and administration (`talus-code init|hook|record|...`).
+        .executableTarget(
+            name: "talus-code",
+            dependencies: [
+                "TalusCode", "TalusCore", "Mongo",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "talus-bench",
             dependencies: [
                 "Mongo", "AMQP", "Libvirt", "TalusModel", "TalusCore", "TalusMaster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],
             path: "Benchmarks/talus-bench",
             swiftSettings: swiftSettings
@@ -180,6 +203,50 @@ let package = Package(
             dependencies: [
                 "TalusMaster", "TalusCore", "TalusModel", "Mongo", "Libvirt", "TalusTestSupport",
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The API served in-process on a loopback port against the shared SecantusDB, for the
+        // API and CLI tests.
+        .target(
+            name: "TalusAPITestSupport",
+            dependencies: [
+                "TalusAPI", "TalusTestSupport", "Mongo", "TalusModel", "TalusCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Tests/TalusAPITestSupport",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TalusAPITests",
+            dependencies: [
+                "TalusAPI", "TalusAPITestSupport", "TalusTestSupport", "Mongo", "TalusModel", "TalusCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TalusCLITests",
+            dependencies: [
+                "TalusCLI", "TalusAPI", "TalusAPITestSupport", "TalusTestSupport", "Mongo", "TalusModel", "TalusCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TalusCodeTests",
+            dependencies: [
+                "TalusCode", "TalusAgent", "TalusModel", "TalusCore", "TalusAPI", "Mongo", "BSON", "TalusTestSupport",
+                "TalusAPITestSupport",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

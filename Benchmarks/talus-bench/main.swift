@@ -11,6 +11,7 @@ struct TalusBench: AsyncParsableCommand {
             AMQPBenchCommand.self,
             MasterBench.self,
             ImageBenchCommand.self,
+            APIBenchCommand.self,
         ]
     )
 

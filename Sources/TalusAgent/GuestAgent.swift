@@ -113,23 +113,15 @@ public final class GuestAgent {
         try makeDirectories(bundleDir)
         let configDir = String(options.configPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/"))
         let bundle = (configDir.isEmpty ? "." : configDir) + "/" + config.bundle
-        let unpack = try ToolProcess(entry: "tar -xzf \(shellQuote(bundle)) -C \(shellQuote(bundleDir))", directory: root,
-                                     environment: ["PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"])
-        var unpackOutput: [UInt8] = []
-        while unpack.poll() == nil {
-            if let bytes = ToolProcess.readAvailable(unpack.stderrFD) { unpackOutput += bytes.prefix(4096 - min(4096, unpackOutput.count)) }
-            usleep(10_000)
-        }
-        guard unpack.exitStatus == 0 else {
-            return (-1, "cannot unpack the tool bundle \(config.bundle): \(String(decoding: unpackOutput, as: UTF8.self))")
+        do {
+            try unpackBundle(bundle, into: bundleDir)
+        } catch {
+            return (-1, "\(error)")
         }
         let toolDir = bundleDir + "/tool"
         let workspace = try ToolWorkspace.prepare(root: root, toolDirectory: toolDir, params: config.params)
-        let env = workspace.environment(extra: [
-            "TALUS_JOB": config.job.hex, "TALUS_IDX": String(config.idx), "TALUS_ATTEMPT": String(config.attempt),
-            "TALUS_RUN": config.run, "TALUS_TOOL": config.tool.name, "TALUS_COMPONENTS": bundleDir + "/components",
-            "HOME": root,
-        ], inherit: ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM": "dumb"])
+        let env = workspace.runEnvironment(job: config.job.hex, idx: config.idx, attempt: config.attempt, run: config.run,
+                                           tool: config.tool.name, components: bundleDir + "/components", home: root)
         guard let entry = try entryCommand(config, toolDirectory: toolDir) else {
             return (-1, "the tool has no entry command (neither in the part nor in tool/\(ToolManifest.fileName))")
         }

@@ -46,13 +46,27 @@ public struct ToolWorkspace: Sendable {
                              paramsFile: paramsFile, eventsFile: eventsFile)
     }
 
+    /// The `PATH` a tool gets.
+    public static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    /// The whole environment of a tool run, the same in the guest and for `talus tool run-local`:
+    /// the Talus variables, the run's identity, `TALUS_COMPONENTS`, `HOME`, `PATH` and `TERM=dumb`,
+    /// nothing else.
+    public func runEnvironment(job: String, idx: Int, attempt: Int, run: String, tool: String, components: String,
+                               home: String, path: String = ToolWorkspace.defaultPath) -> [String: String] {
+        environment(extra: [
+            "TALUS_JOB": job, "TALUS_IDX": String(idx), "TALUS_ATTEMPT": String(attempt), "TALUS_RUN": run,
+            "TALUS_TOOL": tool, "TALUS_COMPONENTS": components, "HOME": home,
+        ], inherit: ["PATH": path, "TERM": "dumb"])
+    }
+
     /// The environment of the entry command: the caller's plus the Talus variables.
     public func environment(extra: [String: String] = [:], inherit: [String: String]) -> [String: String] {
         var env = inherit
         env["TALUS_PARAMS"] = paramsFile
         env["TALUS_OUTPUT"] = outputDirectory
         env["TALUS_EVENTS"] = eventsFile
-        if env["PATH"] == nil { env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" }
+        if env["PATH"] == nil { env["PATH"] = Self.defaultPath }
         for (k, v) in extra { env[k] = v }
         return env
     }
@@ -149,6 +163,22 @@ public final class ToolProcess {
 
     public func closeStdout() { if stdoutFD >= 0 { close(stdoutFD); stdoutFD = -1 } }
     public func closeStderr() { if stderrFD >= 0 { close(stderrFD); stderrFD = -1 } }
+}
+
+/// Unpacks the tool bundle (tar.gz) at `bundle` into `directory` (which must exist) with
+/// `tar -xzf`, as the guest does. Throws with tar's message when it fails.
+public func unpackBundle(_ bundle: String, into directory: String) throws {
+    let unpack = try ToolProcess(entry: "tar -xzf \(shellQuote(bundle)) -C \(shellQuote(directory))", directory: directory,
+                                 environment: ["PATH": ToolWorkspace.defaultPath])
+    var output: [UInt8] = []
+    while unpack.poll() == nil {
+        if let bytes = ToolProcess.readAvailable(unpack.stderrFD) { output += bytes.prefix(4096 - min(4096, output.count)) }
+        usleep(10_000)
+    }
+    if let bytes = ToolProcess.readAvailable(unpack.stderrFD) { output += bytes.prefix(4096 - min(4096, output.count)) }
+    guard unpack.exitStatus == 0 else {
+        throw AgentError("cannot unpack the tool bundle \(bundle): \(String(decoding: output, as: UTF8.self))")
+    }
 }
 
 /// Follows the tool's events file: returns complete new lines, keeps a partial last line for

@@ -28,6 +28,14 @@ public struct CommandError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// The outcome of a command that ran to completion, with its standard output as bytes (for
+/// binary output such as `git cat-file --batch`).
+public struct CommandBytesResult: Sendable {
+    public let status: Int32
+    public let stdout: [UInt8]
+    public let stderr: String
+}
+
 /// Runs `executable` (a path, or a name looked up in PATH) with `arguments` and returns its
 /// output; throws ``CommandError`` on a non-zero exit (unless `check` is false) or after
 /// `timeout` (the process gets SIGTERM, then SIGKILL 5 s later).
@@ -37,10 +45,23 @@ public func runCommand(
     environment: [String: String]? = nil, timeout: Duration = .seconds(600), check: Bool = true,
     outputLimit: Int = 16 << 20
 ) async throws -> CommandResult {
+    let r = try await runCommandBytes(executable, arguments, workingDirectory: workingDirectory, environment: environment,
+                                      timeout: timeout, check: check, outputLimit: outputLimit)
+    return CommandResult(status: r.status, stdout: String(decoding: r.stdout, as: UTF8.self), stderr: r.stderr)
+}
+
+/// ``runCommand(_:_:workingDirectory:environment:timeout:check:outputLimit:)`` with `input`
+/// written to the command's standard input (nil: no input) and its standard output kept as bytes.
+@discardableResult
+public func runCommandBytes(
+    _ executable: String, _ arguments: [String], input: [UInt8]? = nil, workingDirectory: String? = nil,
+    environment: [String: String]? = nil, timeout: Duration = .seconds(600), check: Bool = true,
+    outputLimit: Int = 16 << 20
+) async throws -> CommandBytesResult {
     let display = ([executable] + arguments).joined(separator: " ")
-    let result: ExecutionResult<Void, StringOutput<UTF8>, StringOutput<UTF8>>
+    let result: (TerminationStatus, [UInt8], String)
     do {
-        result = try await withThrowingTaskGroup(of: ExecutionResult<Void, StringOutput<UTF8>, StringOutput<UTF8>>?.self) { group in
+        result = try await withThrowingTaskGroup(of: (TerminationStatus, [UInt8], String)?.self) { group in
             group.addTask {
                 let exe: Executable = executable.contains("/") ? .path(FilePath(executable)) : .name(executable)
                 var env: Environment = .inherit
@@ -51,9 +72,16 @@ public func runCommand(
                 }
                 var options = PlatformOptions()
                 options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: .seconds(5))]
-                return try await run(exe, arguments: Arguments(arguments), environment: env,
-                                     workingDirectory: workingDirectory.map { FilePath($0) }, platformOptions: options,
-                                     output: .string(limit: outputLimit), error: .string(limit: 1 << 20))
+                let directory = workingDirectory.map { FilePath($0) }
+                if let input {
+                    let r = try await run(exe, arguments: Arguments(arguments), environment: env, workingDirectory: directory,
+                                          platformOptions: options, input: .array(input), output: .bytes(limit: outputLimit),
+                                          error: .string(limit: 1 << 20))
+                    return (r.terminationStatus, r.standardOutput, r.standardError)
+                }
+                let r = try await run(exe, arguments: Arguments(arguments), environment: env, workingDirectory: directory,
+                                      platformOptions: options, output: .bytes(limit: outputLimit), error: .string(limit: 1 << 20))
+                return (r.terminationStatus, r.standardOutput, r.standardError)
             }
             group.addTask {
                 try await Task.sleep(for: timeout)
@@ -70,13 +98,15 @@ public func runCommand(
         throw CommandError(command: display, status: nil, stderr: "\(error)", timedOut: false)
     }
     let status: Int32
-    switch result.terminationStatus {
+    switch result.0 {
     case .exited(let code): status = code
     case .signaled(let signal): status = 128 + signal
     }
-    let out = CommandResult(status: status, stdout: result.standardOutput ?? "", stderr: result.standardError ?? "")
+    let out = CommandBytesResult(status: status, stdout: result.1, stderr: result.2)
     if check && status != 0 {
-        throw CommandError(command: display, status: status, stderr: out.stderr.isEmpty ? out.stdout : out.stderr, timedOut: false)
+        throw CommandError(command: display, status: status,
+                           stderr: out.stderr.isEmpty ? String(decoding: out.stdout.prefix(4096), as: UTF8.self) : out.stderr,
+                           timedOut: false)
     }
     return out
 }

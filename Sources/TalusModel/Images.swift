@@ -185,6 +185,8 @@ public struct UploadDocument: TalusDocument, Equatable {
     public var path: String
     /// Bytes received so far (equals the total once complete).
     public var size: Int64
+    /// The total the uploader announced; the content must be exactly this long.
+    public var expectedSize: Int64?
     /// Lowercase hex SHA-256 of the complete file.
     public var sha256: String?
     public var complete: Bool
@@ -195,15 +197,18 @@ public struct UploadDocument: TalusDocument, Equatable {
     public var updated: Date
     public var tags: Tags
 
-    public init(id: ObjectId = ObjectId(), filename: String, path: String, size: Int64 = 0, sha256: String? = nil,
-                complete: Bool = false, owner: ObjectId? = nil, expires: Date, tags: Tags = [], now: Date = bsonNow()) {
+    public init(id: ObjectId = ObjectId(), filename: String, path: String, size: Int64 = 0, expectedSize: Int64? = nil,
+                sha256: String? = nil, complete: Bool = false, owner: ObjectId? = nil, expires: Date, tags: Tags = [],
+                now: Date = bsonNow()) {
         self.id = id; schema = Self.currentSchema; self.filename = filename; self.path = path; self.size = size
-        self.sha256 = sha256; self.complete = complete; self.owner = owner; self.expires = expires
+        self.expectedSize = expectedSize; self.sha256 = sha256; self.complete = complete; self.owner = owner; self.expires = expires
         created = now; updated = now; self.tags = tags
     }
 
     enum CodingKeys: String, CodingKey {
-        case id = "_id", schema, filename, path, size, sha256, complete, owner, expires, created, updated, tags
+        case id = "_id", schema, filename, path, size
+        case expectedSize = "expected_size"
+        case sha256, complete, owner, expires, created, updated, tags
     }
 }
 

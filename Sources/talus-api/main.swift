@@ -1,1 +1,4 @@
-print("not implemented yet")
+// talus-api: the Talus REST API (see TalusAPI).
+import TalusAPI
+
+await TalusAPICommand.runMain()

@@ -1,1 +1,5 @@
-print("not implemented yet")
+// talus: the command line client of the Talus REST API (see TalusCLI).
+import Foundation
+import TalusCLI
+
+exit(await TalusCLIMain.run())

@@ -40,7 +40,7 @@ APT_PACKAGES=(
   # misc used by scripts and tests
   git curl python3 python3-venv procps iproute2 ca-certificates
 )
-PIP_PACKAGES=(secantusdb pika pymongo schemathesis)
+PIP_PACKAGES=(secantusdb pika pymongo schemathesis jsonschema)
 
 python() { command -v python3; }
 

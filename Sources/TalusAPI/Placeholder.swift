@@ -1,1 +1,0 @@
-// TalusAPI: placeholder until its first real file lands.

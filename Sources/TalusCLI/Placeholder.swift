@@ -1,1 +1,0 @@
-// TalusCLI: placeholder until its first real file lands.

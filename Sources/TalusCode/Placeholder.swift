@@ -1,1 +1,0 @@
-// TalusCode: placeholder until its first real file lands.
