@@ -111,9 +111,14 @@ let package = Package(
         .target(
             name: "TalusSlave",
             dependencies: [
-                "TalusCore", "TalusModel", "AMQP", "Libvirt",
+                "TalusCore", "TalusModel", "BSON", "AMQP", "Libvirt",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -133,14 +138,18 @@ let package = Package(
 
         // MARK: Thin executables
         .executableTarget(name: "talus-master", dependencies: ["TalusMaster"], swiftSettings: swiftSettings),
-        .executableTarget(name: "talus-slave", dependencies: ["TalusSlave"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "talus-slave",
+            dependencies: ["TalusSlave", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(name: "talus-api", dependencies: ["TalusAPI"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus", dependencies: ["TalusCLI"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus-agent", dependencies: ["TalusAgent"], swiftSettings: swiftSettings),
         .executableTarget(
             name: "talus-bench",
             dependencies: [
-                "Mongo", "AMQP", "Libvirt", "TalusModel", "TalusCore", "TalusMaster",
+                "Mongo", "AMQP", "Libvirt", "TalusModel", "TalusCore", "TalusMaster", "TalusSlave",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/talus-bench",
@@ -161,5 +170,10 @@ let package = Package(
         .testTarget(name: "TalusModelTests", dependencies: ["TalusModel"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusCoreTests", dependencies: ["TalusCore"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusAgentTests", dependencies: ["TalusAgent", "TalusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TalusSlaveTests",
+            dependencies: ["TalusSlave", "TalusTestSupport", "AMQP", "Libvirt", "TalusModel", "TalusCore"],
+            swiftSettings: swiftSettings
+        ),
     ]
 )
