@@ -125,9 +125,14 @@ let package = Package(
         .target(
             name: "TalusSlave",
             dependencies: [
-                "TalusCore", "TalusModel", "AMQP", "Libvirt",
+                "TalusCore", "TalusModel", "BSON", "AMQP", "Libvirt",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -153,7 +158,11 @@ let package = Package(
             dependencies: ["TalusMaster", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
-        .executableTarget(name: "talus-slave", dependencies: ["TalusSlave"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "talus-slave",
+            dependencies: ["TalusSlave", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(name: "talus-api", dependencies: ["TalusAPI"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus", dependencies: ["TalusCLI"], swiftSettings: swiftSettings),
         .executableTarget(name: "talus-agent", dependencies: ["TalusAgent"], swiftSettings: swiftSettings),
@@ -170,7 +179,7 @@ let package = Package(
         .executableTarget(
             name: "talus-bench",
             dependencies: [
-                "Mongo", "AMQP", "Libvirt", "TalusModel", "TalusCore", "TalusMaster",
+                "Mongo", "AMQP", "Libvirt", "TalusModel", "TalusCore", "TalusMaster", "TalusSlave",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -248,6 +257,11 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TalusSlaveTests",
+            dependencies: ["TalusSlave", "TalusTestSupport", "AMQP", "Libvirt", "TalusModel", "TalusCore"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -39,6 +39,12 @@ public struct AMQPDelivery: Sendable {
     /// True once this delivery was acked, nacked or rejected (through any copy of it).
     public var isSettled: Bool { settlement.settled.load(ordering: .acquiring) }
 
+    /// True once the channel that delivered this message is gone (the connection broke or
+    /// reconnected): it can no longer be settled, and the broker has requeued the message for
+    /// another consumer. A consumer that works on deliveries for a long time checks this to
+    /// stop work that is now someone else's.
+    public var isStale: Bool { !settlement.incarnation.isAlive }
+
     /// Acknowledges the message: the broker forgets it.
     ///
     /// Returns once the ack is handed to the connection thread (AMQP acks have no reply).

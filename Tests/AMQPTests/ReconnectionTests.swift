@@ -99,9 +99,11 @@ struct ReconnectionTests {
         let collector = Collector(consumer)
         let old = try await collector.waitForCount(3)
         let states = StateRecorder(connection)
+        #expect(!old[0].isStale)
 
         await connection.breakConnectionForTesting()
         try await waitUntil("reconnected") { connection.reconnectCount == 1 && connection.state == .connected }
+        #expect(old.allSatisfy { $0.isStale })
         let error = try #require(await amqpError { try old[0].ack() })
         #expect(error.kind == .staleDelivery)
         #expect(await amqpError { try old[0].ack() }?.kind == .alreadySettled)

@@ -1,1 +1,0 @@
-// TalusSlave: placeholder until its first real file lands.
