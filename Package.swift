@@ -161,5 +161,8 @@ let package = Package(
         .testTarget(name: "TalusModelTests", dependencies: ["TalusModel"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusCoreTests", dependencies: ["TalusCore"], swiftSettings: swiftSettings),
         .testTarget(name: "TalusAgentTests", dependencies: ["TalusAgent", "TalusTestSupport"], swiftSettings: swiftSettings),
+        // Units, provisioning, configuration reference, notify protocol and metrics of the built
+        // daemons: runs the executables and scripts, links none of the daemons' code.
+        .testTarget(name: "OpsTests", dependencies: ["TalusTestSupport"], swiftSettings: swiftSettings),
     ]
 )
