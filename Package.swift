@@ -264,5 +264,8 @@ let package = Package(
             dependencies: ["TalusSlave", "TalusTestSupport", "AMQP", "Libvirt", "TalusModel", "TalusCore"],
             swiftSettings: swiftSettings
         ),
+        // Units, provisioning, configuration reference, notify protocol and metrics of the built
+        // daemons: runs the executables and scripts, links none of the daemons' code.
+        .testTarget(name: "OpsTests", dependencies: ["TalusTestSupport"], swiftSettings: swiftSettings),
     ]
 )

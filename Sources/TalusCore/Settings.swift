@@ -229,10 +229,12 @@ public func settingsReference(title: String, file: String, keys: [SettingKey]) -
     out += "Every key can be overridden by an environment variable (`TALUS_` + key in capitals, `.` → `_`). "
     out += "Secret keys also accept `<key>_file` naming a file that holds the value.\n\n"
     out += "| key | environment | type | default | description |\n|---|---|---|---|---|\n"
+    // A `|` inside a cell would end it: escape it (types such as `auto|kvm|qemu`).
+    func cell(_ text: String) -> String { text.replacingOccurrences(of: "|", with: "\\|") }
     for k in keys {
-        let def = k.defaultText.isEmpty ? "—" : "`\(k.defaultText)`"
+        let def = k.defaultText.isEmpty ? "—" : "`\(cell(k.defaultText))`"
         let secret = k.secret ? " **Secret.**" : ""
-        out += "| `\(k.name)` | `\(k.environmentName)` | \(k.type) | \(def) | \(k.doc)\(secret) |\n"
+        out += "| `\(k.name)` | `\(k.environmentName)` | \(cell(k.type)) | \(def) | \(cell(k.doc))\(secret) |\n"
     }
     return out
 }

@@ -64,10 +64,13 @@ import Testing
         #expect(Settings.parseDuration("-1s") == nil)
     }
 
-    @Test func referenceListsEveryKey() {
+    @Test func referenceListsEveryKey() throws {
         let text = settingsReference(title: "talus-slave", file: "/etc/talus/slave.yaml", keys: [url, slots])
         #expect(text.contains("`amqp.url`") && text.contains("`TALUS_AMQP_URL`") && text.contains("**Secret.**"))
         #expect(text.contains("`slave.vms`"))
+        let piped = settingsReference(title: "t", file: "f", keys: [SettingKey("x", type: "auto|kvm", default: "a|b", doc: "one | two")])
+        let row = try #require(piped.split(separator: "\n").last)
+        #expect(row == "| `x` | `TALUS_X` | auto\\|kvm | `a\\|b` | one \\| two |")
     }
 }
 
