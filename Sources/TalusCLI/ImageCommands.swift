@@ -318,7 +318,7 @@ struct ImageCommand: AsyncParsableCommand {
                     rows.append(("vnc", "\(vnc.host):\(vnc.port) (vnc://\(vnc.host):\(vnc.port))"))
                     rows.append(("vnc password", vnc.password))
                 }
-                rows.append(("vm", "\(doc.vm.cpus) CPU, \(doc.vm.memoryMB) MiB"))
+                if let vm = doc.vm { rows.append(("vm", "\(vm.cpus) CPU, \(vm.memoryMB) MiB")) } else { rows.append(("vm", "master defaults")) }
                 rows += [("owner", doc.owner?.hex ?? "-"), ("created", Format.date(doc.created)), ("updated", Format.date(doc.updated)),
                          ("tags", doc.tags.joined(separator: ", "))]
                 Output.fields(rows)
