@@ -48,7 +48,7 @@ public struct TalusAPICommand: AsyncParsableCommand {
 
         func run() async throws {
             let config: APIConfig
-            do { config = try await options.load() } catch { fail("talus-api: \(error)") }
+            do { config = try await options.load() } catch { fail("talus-api: \(error)", status: 78) }
             Observability.bootstrap(level: config.logLevel)
             var log = Logger(label: "talus.api")
             log.logLevel = config.logLevel
@@ -57,7 +57,7 @@ public struct TalusAPICommand: AsyncParsableCommand {
             do {
                 client = try MongoClient(uri: config.mongoURI, logger: Logger(label: "talus.mongo"))
             } catch {
-                fail("talus-api: configuration key mongo.uri: \(error)")
+                fail("talus-api: configuration key mongo.uri: \(error)", status: 78)
             }
             let app: TalusAPIServer.App
             do {
@@ -87,7 +87,7 @@ public struct TalusAPICommand: AsyncParsableCommand {
 
         func run() async throws {
             let config: APIConfig
-            do { config = try await options.load() } catch { fail("talus-api: \(error)") }
+            do { config = try await options.load() } catch { fail("talus-api: \(error)", status: 78) }
             var logger = Logger(label: "talus.api")
             logger.logLevel = .warning
             let client = try MongoClient(uri: config.mongoURI, logger: logger)
@@ -119,7 +119,9 @@ public struct TalusAPICommand: AsyncParsableCommand {
 }
 
 /// Prints `message` to stderr and exits 1.
-func fail(_ message: any CustomStringConvertible) -> Never {
+/// Writes `message` to stderr and exits with `status` (78, EX_CONFIG, for configuration errors:
+/// the systemd unit does not restart on it).
+func fail(_ message: any CustomStringConvertible, status: Int32 = 1) -> Never {
     FileHandle.standardError.write(Data((message.description + "\n").utf8))
-    exit(1)
+    exit(status)
 }
