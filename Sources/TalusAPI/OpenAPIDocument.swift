@@ -1445,7 +1445,7 @@ components:
       allOf:
         - {$ref: "#/components/schemas/Document"}
         - type: object
-          required: [name, os, status, vm]
+          required: [name, os, status]
           properties:
             name: {type: string}
             os: {$ref: "#/components/schemas/ObjectId"}
