@@ -24,6 +24,17 @@ if ! swift build --build-tests > "$RUN_DIR/build.log" 2>&1; then
 fi
 echo "build ok (log: $RUN_DIR/build.log)"
 
+step "build the guest artifacts (test guest, static agent)"
+# Once, before the tests: many tests boot the test guest or put the agent on config ISOs, and
+# would otherwise all wait on the first one that builds them.
+for script in images/build-test-guest.sh images/build-agent.sh; do
+  if ! "$script" >> "$RUN_DIR/guest-artifacts.log" 2>&1; then
+    tail -30 "$RUN_DIR/guest-artifacts.log"
+    echo "$script failed (full log: $RUN_DIR/guest-artifacts.log)"; exit 1
+  fi
+done
+echo "guest artifacts ok (log: $RUN_DIR/guest-artifacts.log)"
+
 step "start services in $RUN_DIR"
 # mktemp -d makes the directory 0700; QEMU runs as libvirt-qemu and must reach the disk images
 # that tests keep in their scratch directories below it.
