@@ -317,6 +317,41 @@ detect_domain_type() {
   rm -rf "$dir"
   echo "$result"
 }
+
+# detect_domain_type_libvirt (prints kvm or qemu): like detect_domain_type, but the test guest is a
+# libvirt domain as the daemons define them (host-passthrough CPU, 256 MiB), so it also catches
+# hosts where QEMU alone boots under KVM and libvirt's KVM guests abort (e.g. "failed to set
+# MSR"). Needs a running libvirtd (qemu:///system).
+detect_domain_type_libvirt() {
+  if [ ! -c /dev/kvm ]; then log "no /dev/kvm: software emulation (qemu)"; echo qemu; return; fi
+  local dir name=talus-kvm-probe-$$ result=qemu why="it did not reach the firmware's boot menu within 10 s"
+  dir=$(mktemp -d)
+  chmod 1777 "$dir"   # QEMU (libvirt-qemu) writes the firmware log
+  cat > "$dir/probe.xml" <<XML
+<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>$name</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><bios rebootTimeout='0'/></os>
+  <cpu mode='host-passthrough'/><on_reboot>destroy</on_reboot>
+  <devices/>
+  <qemu:commandline><qemu:arg value='-chardev'/><qemu:arg value='file,id=fw,path=$dir/fw.log'/>
+    <qemu:arg value='-device'/><qemu:arg value='isa-debugcon,iobase=0x402,chardev=fw'/></qemu:commandline>
+</domain>
+XML
+  if virsh -q -c qemu:///system create "$dir/probe.xml" > "$dir/virsh.log" 2>&1; then
+    local deadline=$((SECONDS + 10))
+    while [ $SECONDS -lt $deadline ]; do
+      if grep -qE 'Booting from|No bootable device' "$dir/fw.log" 2>/dev/null; then result=kvm; break; fi
+      sleep 0.2
+    done
+    virsh -q -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
+  else
+    why="libvirt could not start it: $(grep -m1 -oE 'qemu-system[^:]*: [^(]*' "$dir/virsh.log" || head -c 200 "$dir/virsh.log")"
+  fi
+  if [ "$result" = kvm ]; then log "KVM works under libvirt: domain type kvm"
+  else log "/dev/kvm is present but a KVM guest failed ($why): software emulation (qemu)"; fi
+  rm -rf "$dir"
+  echo "$result"
+}
 # --- the embedded database (SecantusDB) -------------------------------------------------------------
 
 SECANTUSDB_VERSION=0.7.0b3
