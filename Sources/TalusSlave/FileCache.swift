@@ -173,7 +173,9 @@ public actor FileCache {
     private func verifyOrFetch(_ key: String, sha256 expected: String?, fetch: CacheFetch?) async throws {
         let file = path(key)
         if FileManager.default.fileExists(atPath: file) {
-            let known = entries[key]?.meta?.sha256
+            // A file put here by another process (`add` from a pre-loading tool) carries its
+            // checksum in its metadata file.
+            let known = entries[key]?.meta?.sha256 ?? FileCache.readMeta(path(key))?.sha256
             let clock = ContinuousClock()
             let start = clock.now
             let (hex, size) = try await blockingIO { try sha256OfFile(file) }
@@ -253,6 +255,11 @@ public actor FileCache {
                         inode: UInt64(st.st_ino))
     }
 
+    /// The metadata recorded next to the cached file at `file`, if any.
+    static func readMeta(_ file: String, _ decoder: JSONDecoder = JSONDecoder()) -> Meta? {
+        (try? Data(contentsOf: URL(fileURLWithPath: file + ".meta.json"))).flatMap { try? decoder.decode(Meta.self, from: $0) }
+    }
+
     /// Cached files (with their metadata when present) below `root`.
     static func scan(_ root: String) -> [String: Entry] {
         var out: [String: Entry] = [:]
@@ -262,8 +269,7 @@ public actor FileCache {
         while let relative = walker.nextObject() as? String {
             if relative.hasPrefix("tmp") || relative.hasSuffix(".meta.json") { continue }
             guard let st = stat(root + "/" + relative) else { continue }
-            var meta = (try? Data(contentsOf: URL(fileURLWithPath: root + "/" + relative + ".meta.json")))
-                .flatMap { try? decoder.decode(Meta.self, from: $0) }
+            var meta = readMeta(root + "/" + relative, decoder)
             if let m = meta, m.size != st.size || m.mtimeNs != st.mtimeNs || m.inode != st.inode { meta?.verified = .distantPast }
             let lastUsed = meta?.lastUsed ?? Date(timeIntervalSince1970: Double(st.mtimeNs) / 1e9)
             out[relative] = Entry(meta: meta, size: st.size, lastUsed: lastUsed)
