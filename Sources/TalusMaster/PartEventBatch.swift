@@ -340,12 +340,13 @@ struct PartEventBatch {
             upsert: true))
         if chunk.last {
             let length = chunk.size ?? chunk.offset + Int64(chunk.data.count)
-            var doc: BSONDocument = [
+            // The layout of `StoredFileDocument` (the API serves these files): sha256 in metadata.
+            var metadata: BSONDocument = ["job": .objectId(run.job), "idx": .int64(Int64(run.idx)), "run": .string(run.id)]
+            if let sha = chunk.sha256 { metadata["sha256"] = .string(sha) }
+            let doc: BSONDocument = [
                 "_id": .objectId(fileID), "length": .int64(length), "chunkSize": .int64(Int64(size)),
-                "uploadDate": .datetime(at), "filename": .string(chunk.name),
-                "metadata": ["job": .objectId(run.job), "idx": .int64(Int64(run.idx)), "run": .string(run.id)],
+                "uploadDate": .datetime(at), "filename": .string(chunk.name), "metadata": .document(metadata),
             ]
-            if let sha = chunk.sha256 { doc["sha256"] = .string(sha) }
             files.append(.replaceOne(filter: ["_id": .objectId(fileID)], replacement: doc, upsert: true))
             sealed[fileID] = StoredFileRef(id: fileID, name: chunk.name, size: length, sha256: chunk.sha256 ?? "")
         }
@@ -364,7 +365,7 @@ struct PartEventBatch {
         for doc in try await store.files.find(["_id": ["$in": .array(wanted.map { .objectId($0) })]]) {
             guard let id = doc["_id"]?.objectIdValue else { continue }
             resolved[id] = StoredFileRef(id: id, name: doc["filename"]?.stringValue ?? "", size: doc["length"]?.int64Value ?? 0,
-                                         sha256: doc["sha256"]?.stringValue ?? "")
+                                         sha256: doc["metadata"]?["sha256"]?.stringValue ?? "")
         }
     }
 

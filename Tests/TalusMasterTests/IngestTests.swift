@@ -78,6 +78,10 @@ import Testing
             let stored = try await f.database.collection("files.files").findOne(["_id": .objectId(ref.id)])
             #expect(stored?["length"]?.intValue == file.count)
             #expect(stored?["chunkSize"]?.intValue == FileChunk.chunkSize)
+            // The layout the API reads to serve the file (GridFS fields, sha256 in metadata).
+            let typed = try await f.database.collection("files.files", as: StoredFileDocument.self).findOne(["_id": .objectId(ref.id)])
+            #expect(typed?.metadata.sha256 == ref.sha256)
+            #expect(typed?.metadata.job == id)
             // Five files, one per part, each stored once.
             #expect(try await f.count("files.files", ["metadata.job": .objectId(id)]) == 5)
             #expect(try await f.count("files.chunks", [:]) == 10)
