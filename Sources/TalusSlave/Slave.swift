@@ -29,8 +29,14 @@ public enum SlaveTopology {
                 AMQPBinding(queue: queue.name, exchange: AMQPNames.partsExchange, routingKey: name))
     }
 
-    /// The events queue.
-    public static var events: AMQPQueue { AMQPQueue(AMQPNames.eventsQueue) }
+    /// The events queue, declared with the master's arguments (unreadable events dead-lettered):
+    /// whichever daemon declares it first, the other's declaration must match, or RabbitMQ
+    /// refuses it (406) and a master starting after its slaves could never lead.
+    public static var events: AMQPQueue {
+        var queue = AMQPQueue(AMQPNames.eventsQueue)
+        queue.deadLetterExchange = AMQPNames.deadLetterExchange
+        return queue
+    }
 
     /// This slave's control queue: exclusive, gone with the connection, re-declared after a
     /// reconnection, bound to the control fanout.

@@ -1,5 +1,7 @@
+import AMQP
 import Foundation
 import TalusCore
+import TalusModel
 import TalusTestSupport
 import Testing
 @testable import TalusSlave
@@ -89,5 +91,14 @@ struct ConfigurationTests {
         #expect(try loadOrCreateSlaveID(at: path) == id)
         try "not a uuid".write(toFile: path, atomically: true, encoding: .utf8)
         #expect(throws: SettingsError.self) { try loadOrCreateSlaveID(at: path) }
+    }
+
+    /// The master declares the events queue with a dead-letter exchange; the slave's declaration
+    /// must match it, or whichever daemon comes second gets 406 PRECONDITION_FAILED.
+    @Test func eventsQueueIsDeclaredWithTheMastersArguments() {
+        let events = SlaveTopology.events
+        #expect(events.name == AMQPNames.eventsQueue)
+        #expect(events.deadLetterExchange == AMQPNames.deadLetterExchange)
+        #expect(events.durable)
     }
 }
