@@ -267,5 +267,12 @@ let package = Package(
         // Units, provisioning, configuration reference, notify protocol and metrics of the built
         // daemons: runs the executables and scripts, links none of the daemons' code.
         .testTarget(name: "OpsTests", dependencies: ["TalusTestSupport"], swiftSettings: swiftSettings),
+        // The whole system end to end: the built daemons, talus-code and the CLI as processes
+        // against the shared services and real QEMU guests (issue 7, item 4).
+        .testTarget(
+            name: "TalusEndToEndTests",
+            dependencies: ["TalusTestSupport", "TalusModel", "TalusCore", "Mongo", "BSON", "Libvirt"],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

@@ -7,36 +7,6 @@ import Foundation
 import Testing
 import TalusTestSupport
 
-/// A private RabbitMQ vhost on the shared test broker, so the daemons' exchanges and queues never
-/// meet another test's.
-struct PrivateVhost {
-    let name: String
-    let url: String
-
-    static func create() async throws -> PrivateVhost {
-        let name = uniqueName("ops")
-        try await rabbitmqctl(["add_vhost", name])
-        try await rabbitmqctl(["set_permissions", "-p", name, "guest", ".*", ".*", ".*"])
-        let base = try TestEnvironment.amqpURL()
-        let url = (base.hasSuffix("/") ? base : base + "/") + name
-        return PrivateVhost(name: name, url: url)
-    }
-
-    func delete() async {
-        _ = try? await Self.rabbitmqctl(["delete_vhost", name])
-    }
-
-    static func rabbitmqctl(_ arguments: [String]) async throws {
-        guard let mgmt = ProcessInfo.processInfo.environment["TALUS_TEST_AMQP_MGMT"] else {
-            throw TestSupportError("TALUS_TEST_AMQP_MGMT is not set (run through provisioning/dev/test.sh)")
-        }
-        let parts = mgmt.split(separator: " ").map(String.init)
-        let r = try await runScript("/usr/lib/rabbitmq/bin/rabbitmqctl", ["-q", "-n", parts[0]] + arguments,
-                                    environment: ["HOME": parts[1]], timeout: .seconds(60))
-        guard r.status == 0 else { throw TestSupportError("rabbitmqctl \(arguments): \(r.output)") }
-    }
-}
-
 /// A daemon started the way its unit starts it (`serve --config FILE`), with a notify socket.
 struct DaemonUnderTest {
     let name: String
@@ -137,7 +107,7 @@ struct DaemonUnderTest {
 
     @Test(.timeLimit(.minutes(5)), arguments: ["talus-api", "talus-master", "talus-slave"])
     func notifyHealthMetricsAndShutdown(daemon: String) async throws {
-        let vhost = try await PrivateVhost.create()
+        let vhost = try await PrivateVhost.create("ops")
         let d = try DaemonUnderTest.start(daemon, vhost: vhost)
         defer { d.notify.close() }
         do {

@@ -207,20 +207,3 @@ func parsePrometheusText(_ text: String) throws -> (samples: [PrometheusSample],
     }
     return (samples, types)
 }
-
-/// Runs a command to completion (on a thread of its own) and returns its exit status and
-/// combined output; the command's own deadline is `timeout`.
-func runScript(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
-               timeout: Duration = .seconds(600)) async throws -> (status: Int32, output: String) {
-    let log = try TestEnvironment.scratchDirectory("script") + "/output.log"
-    let p = try TestProcess(executable, arguments, environment: environment, logPath: log)
-    do {
-        try await waitUntil("\(executable) \(arguments.joined(separator: " ")) to finish", timeout: timeout, interval: .milliseconds(100)) {
-            !p.isRunning
-        }
-    } catch {
-        await p.stop(signal: SIGKILL)
-        throw TestSupportError("\(error)\n\(p.logTail(4000))")
-    }
-    return (p.process.terminationStatus, p.logTail(1 << 20))
-}
