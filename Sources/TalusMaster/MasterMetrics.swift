@@ -52,4 +52,19 @@ enum MasterMetrics {
     // MARK: Slaves
     static let slavesOnline = Gauge(label: "talus_master_slaves_online")
     static let freeSlots = Gauge(label: "talus_master_free_slots")
+
+    /// Creates the families operators alert on, at zero, so that `/metrics` lists them from the
+    /// start (handles are otherwise created on first use, and a quiet master would export none).
+    static func registerAtStart() {
+        for state in ["queued", "running", "done", "failed"] { parts(state).record(0) }
+        for collection in ["images", "jobs"] {
+            reconciles(collection, "done").increment(by: 0)
+            reconcileErrors(collection).increment(by: 0)
+        }
+        changeStreamLag.record(0)
+        amqpReconnects.increment(by: 0)
+        leader.record(0)
+        slavesOnline.record(0)
+        freeSlots.record(0)
+    }
 }

@@ -330,6 +330,7 @@ public enum MasterDaemon {
             "database": "\(config.database)", "namespace": "\(config.amqpNamespace)",
             "lease": "\(config.lease)", "metrics": "\(config.metricsHost):\(config.metricsPort)",
         ])
+        MasterMetrics.registerAtStart()
         let service = MasterService(config: config, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

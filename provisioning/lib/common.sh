@@ -367,7 +367,11 @@ ensure_secantusdb_venv() {
     /usr/bin/python3 -m venv "$dir"
     changed "created the virtual environment $dir"
   fi
-  if ! "$dir/bin/python3" -m pip show secantusdb 2>/dev/null | grep -qx "Version: $SECANTUSDB_VERSION"; then
+  # Captured first: `grep -q` would stop reading early, and under pipefail pip's broken pipe
+  # would count as "not installed".
+  local shown
+  shown=$("$dir/bin/python3" -m pip show secantusdb 2>/dev/null || true)
+  if ! grep -qx "Version: $SECANTUSDB_VERSION" <<<"$shown"; then
     "$dir/bin/python3" -m pip install -q --disable-pip-version-check "secantusdb==$SECANTUSDB_VERSION" >&2
     changed "installed secantusdb $SECANTUSDB_VERSION into $dir"
   fi
