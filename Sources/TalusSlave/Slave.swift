@@ -20,31 +20,34 @@ public let talusSlaveVersion = "talus-slave/0.1.0"
 /// The AMQP names the slave uses (shared with the master through ``AMQPNames``).
 public enum SlaveTopology {
     /// The parts exchange, a job queue, and its binding (routing key = the job's queue name).
-    public static func parts(queue name: String) -> (AMQPExchange, AMQPQueue, AMQPBinding) {
-        var queue = AMQPQueue(AMQPNames.partsQueue(name))
+    public static func parts(queue name: String, names: AMQPNames = .standard) -> (AMQPExchange, AMQPQueue, AMQPBinding) {
+        var queue = AMQPQueue(names.partsQueue(name))
         queue.maxPriority = AMQPNames.maxPriority
-        queue.deadLetterExchange = AMQPNames.deadLetterExchange
-        return (AMQPExchange(AMQPNames.partsExchange, kind: .direct),
+        queue.deadLetterExchange = names.deadLetterExchange
+        return (AMQPExchange(names.partsExchange, kind: .direct),
                 queue,
-                AMQPBinding(queue: queue.name, exchange: AMQPNames.partsExchange, routingKey: name))
+                AMQPBinding(queue: queue.name, exchange: names.partsExchange, routingKey: name))
     }
 
     /// The events queue, declared with the master's arguments (unreadable events dead-lettered):
     /// whichever daemon declares it first, the other's declaration must match, or RabbitMQ
     /// refuses it (406) and a master starting after its slaves could never lead.
-    public static var events: AMQPQueue {
-        var queue = AMQPQueue(AMQPNames.eventsQueue)
-        queue.deadLetterExchange = AMQPNames.deadLetterExchange
+    public static func events(names: AMQPNames = .standard) -> AMQPQueue {
+        var queue = AMQPQueue(names.eventsQueue)
+        queue.deadLetterExchange = names.deadLetterExchange
         return queue
     }
 
+    /// The events queue of the default namespace.
+    public static var events: AMQPQueue { events() }
+
     /// This slave's control queue: exclusive, gone with the connection, re-declared after a
     /// reconnection, bound to the control fanout.
-    public static func control(slave: String) -> (AMQPExchange, AMQPQueue, AMQPBinding) {
-        let queue = AMQPQueue("talus.control.\(slave)", durable: false, exclusive: true, autoDelete: true)
-        return (AMQPExchange(AMQPNames.controlExchange, kind: .fanout),
+    public static func control(slave: String, names: AMQPNames = .standard) -> (AMQPExchange, AMQPQueue, AMQPBinding) {
+        let queue = AMQPQueue("\(names.namespace).control.\(slave)", durable: false, exclusive: true, autoDelete: true)
+        return (AMQPExchange(names.controlExchange, kind: .fanout),
                 queue,
-                AMQPBinding(queue: queue.name, exchange: AMQPNames.controlExchange))
+                AMQPBinding(queue: queue.name, exchange: names.controlExchange))
     }
 }
 
@@ -148,7 +151,7 @@ public final class Slave: Service, Sendable {
             await publisher.close()
             throw error
         }
-        let sink = AMQPEventSink(connection: publisher, logger: logger)
+        let sink = AMQPEventSink(connection: publisher, queue: configuration.amqpNames.eventsQueue, logger: logger)
         let state = SlaveState(vms: config.vms, memoryMB: config.memoryMB)
         let node = SlaveNode(id: id, config: config, env: env, state: state, sink: sink, consumerConnection: consumerConnection,
                              logger: logger, metrics: metrics)
@@ -187,17 +190,17 @@ public final class Slave: Service, Sendable {
     /// the master made (different arguments) is logged and left as the master made it.
     private func declareTopology(_ connection: AMQPConnection, slave: String, logger: Logger) async throws {
         for name in configuration.queues {
-            let (exchange, queue, binding) = SlaveTopology.parts(queue: name)
+            let (exchange, queue, binding) = SlaveTopology.parts(queue: name, names: configuration.amqpNames)
             try Self.tolerate(await Self.result { () throws(AMQPError) in try await connection.declareExchange(exchange) },
                                     "exchange \(exchange.name)", logger)
             try Self.tolerate(await Self.result { () throws(AMQPError) in _ = try await connection.declareQueue(queue) },
                                     "queue \(queue.name)", logger)
             try await connection.bind(binding)
         }
-        let events = SlaveTopology.events
+        let events = SlaveTopology.events(names: configuration.amqpNames)
         try Self.tolerate(await Self.result { () throws(AMQPError) in _ = try await connection.declareQueue(events) },
                                 "queue \(events.name)", logger)
-        let (exchange, queue, binding) = SlaveTopology.control(slave: slave)
+        let (exchange, queue, binding) = SlaveTopology.control(slave: slave, names: configuration.amqpNames)
         try Self.tolerate(await Self.result { () throws(AMQPError) in try await connection.declareExchange(exchange) },
                                 "exchange \(exchange.name)", logger)
         try await connection.declareQueue(queue)
@@ -316,7 +319,7 @@ final class SlaveNode: Sendable {
 
     private func startConsumers() async throws {
         for queue in config.queues {
-            let consumer = try await consumerConnection.consume(queue: AMQPNames.partsQueue(queue), prefetch: UInt16(min(config.vms, 65535)))
+            let consumer = try await consumerConnection.consume(queue: config.amqpNames.partsQueue(queue), prefetch: UInt16(min(config.vms, 65535)))
             let task = Task {
                 do {
                     for try await delivery in consumer { self.workContinuation.yield((delivery, queue)) }
@@ -400,7 +403,7 @@ final class SlaveNode: Sendable {
     // MARK: Control
 
     private func startControl() async throws -> Task<Void, Never> {
-        let (_, queue, _) = SlaveTopology.control(slave: id)
+        let (_, queue, _) = SlaveTopology.control(slave: id, names: config.amqpNames)
         let consumer = try await consumerConnection.consume(queue: queue.name, prefetch: 20)
         return Task {
             do {

@@ -6,6 +6,7 @@ import Foundation
 import Libvirt
 import Logging
 import TalusCore
+import TalusModel
 
 /// The keys `talus-slave` reads from `/etc/talus/slave.yaml` (or `TALUS_…` variables).
 public enum SlaveKeys {
@@ -23,6 +24,9 @@ public enum SlaveKeys {
     public static let amqpURL = SettingKey(
         "amqp.url", type: "url", default: "amqp://guest:guest@127.0.0.1:5672/", secret: true,
         doc: "The RabbitMQ broker (`amqp://user:password@host:port/vhost`).")
+    public static let amqpNamespace = SettingKey(
+        "amqp.namespace", type: "string", default: "talus",
+        doc: "Prefix of every exchange and queue (`<namespace>.parts.<queue>`, `<namespace>.events`, ...); the master's `amqp.namespace`.")
     public static let apiURL = SettingKey(
         "api.url", type: "url", default: "http://127.0.0.1:8420", doc: "The Talus REST API, for image files and tool bundles.")
     public static let apiToken = SettingKey(
@@ -86,7 +90,7 @@ public enum SlaveKeys {
 
     /// Every key, in documentation order.
     public static let all: [SettingKey] = [
-        idFile, queues, vms, memoryMB, amqpURL, apiURL, apiToken, cacheDir, cacheMaxBytes, cacheVerify, cacheVerifyInterval,
+        idFile, queues, vms, memoryMB, amqpURL, amqpNamespace, apiURL, apiToken, cacheDir, cacheMaxBytes, cacheVerify, cacheVerifyInterval,
         runDir, agentPath, libvirtURI, domainType, isolatedNetwork, heartbeatTimeout, agentHeartbeat, bootTimeout,
         cancelGrace, maxFrameBytes, maxFileBytes, maxPartFileBytes, maxProtocolErrors, isoMaxBytes, heartbeatInterval,
         shutdownGrace, metricsListen, logLevel,
@@ -135,6 +139,8 @@ public struct SlaveConfiguration: Sendable {
     public var vms: Int
     public var memoryMB: Int
     public var amqpURL: String
+    /// Exchange and queue names (`amqp.namespace`).
+    public var amqpNames: AMQPNames
     public var apiURL: String
     public var apiToken: String?
     public var cacheDir: String
@@ -168,6 +174,11 @@ public struct SlaveConfiguration: Sendable {
         let memory = try settings.int(SlaveKeys.memoryMB, range: 0...(1 << 30))
         memoryMB = memory > 0 ? memory : max(256, SlaveConfiguration.physicalMemoryMB() - 1024)
         amqpURL = try settings.string(SlaveKeys.amqpURL)
+        let namespace = try settings.string(SlaveKeys.amqpNamespace)
+        guard !namespace.isEmpty, namespace.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            throw SettingsError(key: SlaveKeys.amqpNamespace.name, problem: "\"\(namespace)\" is not a valid namespace (letters, digits, - _ .)")
+        }
+        amqpNames = AMQPNames(namespace: namespace)
         apiURL = try settings.string(SlaveKeys.apiURL)
         while apiURL.hasSuffix("/") { apiURL.removeLast() }
         guard apiURL.hasPrefix("http://") || apiURL.hasPrefix("https://") else {

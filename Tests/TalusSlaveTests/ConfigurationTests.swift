@@ -20,6 +20,7 @@ struct ConfigurationTests {
         #expect(c.vms == 2)
         #expect(c.memoryMB > 0)
         #expect(c.cacheMaxBytes == 50 << 30)
+        #expect(c.amqpNames == .standard)
         #expect(c.domainType == .kvm)
         #expect(c.guest.heartbeatTimeout == .seconds(30))
         #expect(c.metricsListen?.host == "127.0.0.1" && c.metricsListen?.port == 9102)
@@ -43,6 +44,8 @@ struct ConfigurationTests {
               heartbeat_timeout: 45s
             metrics:
               listen: ""
+            amqp:
+              namespace: lab-2
             """, env: ["TALUS_API_URL": "http://master:8420/", "TALUS_SHUTDOWN_GRACE": "2m"]))
         #expect(c.queues == ["default", "gpu"])
         #expect(c.vms == 6 && c.memoryMB == 8192)
@@ -51,6 +54,7 @@ struct ConfigurationTests {
         #expect(c.domainType == .qemu)
         #expect(c.guest.heartbeatTimeout == .seconds(45))
         #expect(c.metricsListen == nil)
+        #expect(c.amqpNames.partsQueue("gpu") == "lab-2.parts.gpu" && SlaveTopology.events(names: c.amqpNames).name == "lab-2.events")
         #expect(c.apiURL == "http://master:8420")
         #expect(c.shutdownGrace == .seconds(120))
     }
@@ -58,6 +62,7 @@ struct ConfigurationTests {
     @Test func badValuesNameTheirKey() async throws {
         let cases: [(String, String)] = [
             ("slave:\n  vms: zero\n", "slave.vms"),
+            ("amqp:\n  namespace: \"a b\"\n", "amqp.namespace"),
             ("slave:\n  vms: 0\n", "slave.vms"),
             ("cache:\n  max_bytes: lots\n", "cache.max_bytes"),
             ("libvirt:\n  domain_type: xen\n", "libvirt.domain_type"),
