@@ -101,6 +101,7 @@ fi
 
 mkdir -p "$STATE"/{etc,secrets,run,logs,ports,cli}
 chmod 0700 "$STATE"/{etc,secrets,cli}
+chmod 0600 "$STATE"/secrets/* "$STATE"/etc/* 2>/dev/null || true
 # QEMU runs as libvirt-qemu and must reach the image store and the slave's cache below STATE.
 chmod 0755 "$STATE"
 LOGS=$STATE/logs
@@ -190,6 +191,7 @@ DOMAIN_TYPE=$(cat "$STATE/domain-type")
 write_config() {
   local f=$STATE/etc/$1.yaml
   cat > "$f.new"
+  chmod 0600 "$f.new"
   if [ -f "$f" ] && cmp -s "$f" "$f.new"; then rm -f "$f.new"; else mv -f "$f.new" "$f"; fi
 }
 mkdir -p "$STATE"/{uploads,images,bundles,cache,slave-run}
@@ -311,6 +313,7 @@ if [ ! -s "$STATE/secrets/admin-token" ] || \
    ! TALUS_URL=$API_URL TALUS_TOKEN=$(cat "$STATE/secrets/admin-token") "$BIN/talus" user show me >/dev/null 2>&1; then
   "$BIN/talus-api" bootstrap-admin --config "$STATE/etc/api.yaml" --name admin --force --json \
     2>> "$LOGS/talus-api.log" | json 'd["token"]' > "$STATE/secrets/admin-token.new"
+  chmod 0600 "$STATE/secrets/admin-token.new"
   mv -f "$STATE/secrets/admin-token.new" "$STATE/secrets/admin-token"
   phase "created the admin token ($STATE/secrets/admin-token)"
 fi
@@ -326,6 +329,7 @@ if ! token_known "$STATE/secrets/slave-token"; then
   talus user show quickstart-slave >/dev/null 2>&1 || talus user create quickstart-slave --role slave > /dev/null
   talus token create "quickstart-slave-$(date +%s)" --user quickstart-slave --json | json 'd["token"]' \
     > "$STATE/secrets/slave-token.new"
+  chmod 0600 "$STATE/secrets/slave-token.new"
   mv -f "$STATE/secrets/slave-token.new" "$STATE/secrets/slave-token"
   phase "created the slave token ($STATE/secrets/slave-token)"
 fi
