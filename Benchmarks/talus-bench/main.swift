@@ -12,6 +12,7 @@ struct TalusBench: AsyncParsableCommand {
             MasterBench.self,
             ImageBenchCommand.self,
             APIBenchCommand.self,
+            SlaveBenchCommand.self,
         ]
     )
 
