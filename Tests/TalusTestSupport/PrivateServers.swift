@@ -129,7 +129,7 @@ public final class PrivateRabbitMQ: @unchecked Sendable {
         let d = directory
         return [
             "HOME": d, "RABBITMQ_CONF_ENV_FILE": d + "/rabbitmq-env.conf",
-            "RABBITMQ_CONFIG_FILE": d + "/rabbitmq", "RABBITMQ_ENABLED_PLUGINS_FILE": d + "/enabled_plugins",
+            "RABBITMQ_CONFIG_FILE": d + "/rabbitmq", "RABBITMQ_CONFIG_FILES": d + "/conf.d", "RABBITMQ_ENABLED_PLUGINS_FILE": d + "/enabled_plugins",
             "RABBITMQ_NODENAME": nodeName, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": String(port), "RABBITMQ_DIST_PORT": String(distributionPort),
             "RABBITMQ_MNESIA_BASE": d + "/mnesia", "RABBITMQ_LOG_BASE": d + "/log",
@@ -143,6 +143,7 @@ public final class PrivateRabbitMQ: @unchecked Sendable {
         let fm = FileManager.default
         try fm.createDirectory(atPath: directory + "/mnesia", withIntermediateDirectories: true)
         try fm.createDirectory(atPath: directory + "/log", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: directory + "/conf.d", withIntermediateDirectories: true)  // not the host's /etc/rabbitmq/conf.d
         fm.createFile(atPath: directory + "/rabbitmq-env.conf", contents: Data())
         fm.createFile(
             atPath: directory + "/rabbitmq.conf",

@@ -117,8 +117,11 @@ start_rabbit() { # name port
   # broker's default closes a channel after 30 minutes without an ack). 8 days > the longest VM.
   printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users.guest = true\nconsumer_timeout = 691200000\n' "$port" > "$D/rabbitmq.conf"
   printf '[].\n' > "$D/enabled_plugins"
+  # Its own (empty) conf.d: the host's /etc/rabbitmq/conf.d (provisioning/master.sh writes one
+  # with listeners on 5672) must not leak into a private broker.
+  mkdir -p "$D/conf.d"
   (
-    export HOME=$D RABBITMQ_CONF_ENV_FILE=$D/rabbitmq-env.conf RABBITMQ_CONFIG_FILE=$D/rabbitmq \
+    export HOME=$D RABBITMQ_CONF_ENV_FILE=$D/rabbitmq-env.conf RABBITMQ_CONFIG_FILE=$D/rabbitmq RABBITMQ_CONFIG_FILES=$D/conf.d \
       RABBITMQ_ENABLED_PLUGINS_FILE=$D/enabled_plugins RABBITMQ_NODENAME=$name@localhost \
       RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$port RABBITMQ_DIST_PORT=$dist \
       RABBITMQ_MNESIA_BASE=$D/mnesia RABBITMQ_LOG_BASE=$D/log RABBITMQ_PID_FILE=$D/pid \
