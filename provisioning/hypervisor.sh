@@ -142,7 +142,9 @@ elif [ ! -e /etc/talus/secrets/slave-token ]; then
 fi
 ensure_owner_mode /etc/talus/secrets/slave-token root talus-slave 0640
 
-if [ ! -e /etc/talus/slave.yaml ] && [ -z "$DOMAIN_TYPE" ]; then DOMAIN_TYPE=$(detect_domain_type); fi
+# Probed through libvirt with the slave's CPU mode (host-passthrough): on some hosts plain QEMU
+# boots under KVM while libvirt's guests abort. libvirtd already answers (with_libvirtd above).
+if [ ! -e /etc/talus/slave.yaml ] && [ -z "$DOMAIN_TYPE" ]; then DOMAIN_TYPE=$(with_libvirtd detect_domain_type_libvirt); fi
 ensure_config talus-slave /etc/talus/slave.yaml root talus-slave 0640 \
   --set slave.id_file=/var/lib/talus/slave/id \
   --set slave.vms="$VMS" \

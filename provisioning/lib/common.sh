@@ -297,31 +297,11 @@ Environment variables (TALUS_<KEY>) override this file. Reference: docs/configur
   rm -f "$ref" "$ref.yaml"
 }
 
-# detect_domain_type (prints kvm or qemu): kvm when a KVM guest gets through the firmware (SeaBIOS prints "Booting
-# from" on its debug port) within 10 s; some hosts have a /dev/kvm whose guests hang.
-detect_domain_type() {
-  if [ ! -c /dev/kvm ]; then log "no /dev/kvm: software emulation (qemu)"; echo qemu; return; fi
-  local dir; dir=$(mktemp -d)
-  qemu-system-x86_64 -accel kvm -nodefaults -display none -m 32 -no-reboot \
-    -chardev "file,id=fw,path=$dir/fw.log" -device isa-debugcon,iobase=0x402,chardev=fw \
-    > "$dir/qemu.log" 2>&1 < /dev/null &
-  local pid=$! deadline=$((SECONDS + 10)) result=qemu
-  while [ $SECONDS -lt $deadline ] && kill -0 "$pid" 2>/dev/null; do
-    if grep -qE 'Booting from|No bootable device' "$dir/fw.log" 2>/dev/null; then result=kvm; break; fi
-    sleep 0.2
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  if [ "$result" = kvm ]; then log "KVM works: domain type kvm"
-  else log "/dev/kvm is present but a KVM guest did not reach its firmware's boot menu within 10 s: software emulation (qemu)"; fi
-  rm -rf "$dir"
-  echo "$result"
-}
-
-# detect_domain_type_libvirt (prints kvm or qemu): like detect_domain_type, but the test guest is a
-# libvirt domain as the daemons define them (host-passthrough CPU, 256 MiB), so it also catches
-# hosts where QEMU alone boots under KVM and libvirt's KVM guests abort (e.g. "failed to set
-# MSR"). Needs a running libvirtd (qemu:///system).
+# detect_domain_type_libvirt (prints kvm or qemu): kvm when a KVM guest, defined through libvirt as
+# the daemons define theirs (host-passthrough CPU), gets through its firmware (SeaBIOS prints
+# "Booting from" on its debug port) within 10 s. Some hosts have a /dev/kvm whose guests hang, or
+# where QEMU alone boots under KVM but libvirt's KVM guests abort ("failed to set MSR"). Needs a
+# running libvirtd (qemu:///system).
 detect_domain_type_libvirt() {
   if [ ! -c /dev/kvm ]; then log "no /dev/kvm: software emulation (qemu)"; echo qemu; return; fi
   local dir name=talus-kvm-probe-$$ result=qemu why="it did not reach the firmware's boot menu within 10 s"
