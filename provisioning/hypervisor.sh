@@ -86,7 +86,7 @@ ensure_dir /var/lib/talus/provisioning root root 0700
 log "executables and unit"
 ensure_installed "$BIN/talus-slave" /usr/local/bin/talus-slave 0755
 ensure_installed "$AGENT" /usr/local/lib/talus/talus-agent 0755
-file -L /usr/local/lib/talus/talus-agent | grep -q 'statically linked' \
+file -L /usr/local/lib/talus/talus-agent | grep 'statically linked' >/dev/null \
   || log "warning: $AGENT is not statically linked: guests cannot run it (use images/build-agent.sh)"
 ensure_installed "$REPO/docs/configuration.md" /usr/local/share/doc/talus/configuration.md 0644
 ensure_unit talus-slave.service
@@ -111,13 +111,13 @@ ensure_libvirt_object() {
 setup_libvirt_objects() {
   ensure_libvirt_object nwfilter talus-job "$REPO/provisioning/libvirt/talus-job.nwfilter.xml"
   ensure_libvirt_object net talus-isolated "$REPO/provisioning/libvirt/talus-isolated.network.xml"
-  if ! virsh -q -c qemu:///system net-info talus-isolated | grep -Eq '^Autostart:[[:space:]]+yes'; then
+  if ! virsh -q -c qemu:///system net-info talus-isolated | grep -E '^Autostart:[[:space:]]+yes' >/dev/null; then
     virsh -q -c qemu:///system net-autostart talus-isolated >/dev/null
     changed "libvirt network talus-isolated: autostart"
   fi
   # Start it now where an init system keeps libvirtd running; otherwise libvirtd starts it (as
   # autostart) the next time it starts.
-  if have_systemd && ! virsh -q -c qemu:///system net-info talus-isolated | grep -Eq '^Active:[[:space:]]+yes'; then
+  if have_systemd && ! virsh -q -c qemu:///system net-info talus-isolated | grep -E '^Active:[[:space:]]+yes' >/dev/null; then
     virsh -q -c qemu:///system net-start talus-isolated >/dev/null
     changed "libvirt network talus-isolated: started"
   fi

@@ -172,7 +172,7 @@ ensure_config talus-code /etc/talus/code.yaml root talus-code 0640 \
 # --- the code repository ------------------------------------------------------------------------
 log "code repository"
 # Readers that are not the owner (the API, tool authors) must not trip over git's ownership check.
-if ! git config --system --get-all safe.directory 2>/dev/null | grep -qx /var/lib/talus/code.git; then
+if ! git config --system --get-all safe.directory 2>/dev/null | grep -x /var/lib/talus/code.git >/dev/null; then
   git config --system --add safe.directory /var/lib/talus/code.git
   changed "git: safe.directory /var/lib/talus/code.git"
 fi

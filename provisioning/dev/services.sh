@@ -47,7 +47,7 @@ python() { command -v python3; }
 install_packages() {
   local missing=()
   for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"

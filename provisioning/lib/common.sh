@@ -7,6 +7,9 @@
 # units are installed and enabled by symlink; they are started only where systemd runs.
 
 set -euo pipefail
+# Under pipefail, `producer | grep -q` can fail although grep matched: grep exits at the first
+# match and the producer dies of SIGPIPE. Pipelines here use `grep ... >/dev/null`, which reads
+# all of its input.
 umask 022
 
 SCRIPT_NAME=${SCRIPT_NAME:-provisioning}
@@ -27,7 +30,7 @@ have_systemd() { [ -d /run/systemd/system ]; }
 ensure_packages() {
   local missing=() p
   for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")
   done
   [ ${#missing[@]} -gt 0 ] || return 0
   export DEBIAN_FRONTEND=noninteractive
@@ -54,7 +57,7 @@ ensure_user() {
   fi
   local g
   for g in "$@"; do
-    id -nG "$name" | tr ' ' '\n' | grep -qx "$g" && continue
+    id -nG "$name" | tr ' ' '\n' | grep -x "$g" >/dev/null && continue
     usermod -a -G "$g" "$name"
     changed "added $name to group $g"
   done
