@@ -96,7 +96,10 @@ import Testing
             for slave in slaves {
                 #expect(slave.stats.control.contains { $0.type == .cancelJob && $0.job == id })
             }
-            #expect(try await f.count("parts", ["job": .objectId(id), "status.name": ["$in": ["queued", "running", "retry"]]]) == 0)
+            // The parts' own documents follow the job's status within seconds (written after it).
+            try await waitUntil("no part of the job left queued, running or retrying", timeout: .seconds(10)) {
+                try await f.count("parts", ["job": .objectId(id), "status.name": ["$in": ["queued", "running", "retry"]]]) == 0
+            }
             try await waitUntil("the four runs cancelled") {  // runs are written just after their parts
                 try await f.count("runs", ["job": .objectId(id), "state": "cancelled"]) == 4
             }
