@@ -150,9 +150,8 @@ final class EventIngestor: Sendable {
                 touched = Set(work.jobs.keys)
                 work.apply(limits: limits)
                 try await work.resolveFiles(store: store)
-                let conflicts = try await work.write(store: store, limits: limits, logger: logger)
-                dirtyJobs.withLock { $0.formUnion(conflicts) }
-                for job in work.hints.union(work.completed) { hint(WorkKey(.jobs, job)) }
+                try await write(work)
+                for job in work.completed { hint(WorkKey(.jobs, job)) }
                 for job in work.rebroadcast { await rebroadcastCancel(job) }
                 MasterMetrics.eventsDuplicate.increment(by: work.duplicates)
             }
@@ -181,6 +180,16 @@ final class EventIngestor: Sendable {
             }
         }
         MasterMetrics.eventBatchSeconds.recordNanoseconds((clock.now - start).nanoseconds)
+    }
+
+    /// Writes a batch; then marks the jobs whose accounting changed under it for a recompute,
+    /// refreshes the part counters of jobs that no longer dispatch (their reconciler stopped
+    /// keeping them), and hints the jobs the batch touched.
+    private func write(_ work: PartEventBatch) async throws {
+        let conflicts = try await work.write(store: store, limits: limits, logger: logger)
+        dirtyJobs.withLock { $0.formUnion(conflicts) }
+        for job in work.settledJobs.subtracting(conflicts) { await handle(.recompute(job, progress: false)) }
+        for job in work.hints { hint(WorkKey(.jobs, job)) }
     }
 
     /// True while a job's accounting may be wrong (a batch touching it failed halfway) until it
@@ -259,9 +268,7 @@ final class EventIngestor: Sendable {
         guard !runs.isEmpty else { return }
         var work = try await PartEventBatch.load(runs: runs, store: store)
         work.loseRuns(runs.map(\.id), reason: "slave went offline: \(reason)")
-        let conflicts = try await work.write(store: store, limits: limits, logger: logger)
-        dirtyJobs.withLock { $0.formUnion(conflicts) }
-        for job in work.hints { hint(WorkKey(.jobs, job)) }
+        try await write(work)
         logger.warning("runs of offline slaves lost", metadata: ["runs": "\(runs.count)", "slaves": "\(uuids.joined(separator: ","))"])
     }
 

@@ -82,6 +82,10 @@ struct JobReconciler: DocumentReconciler {
         case .cancel: return try await cancel(job, log: log)
         case .cancelling: return try await cancelling(job, log: log)
         case .finished, .cancelled, .failed:
+            // An event batch that read the job just before it ended may have put a part back to
+            // `queued` (its slave gave it back); nothing runs it now. The ingester hints the job
+            // after such a batch.
+            if try await cancelQueuedParts(id) > 0 { ingest(.recompute(id, progress: false)) }
             if job.observed != job.status.name {
                 try await store.jobs.updateOne(["_id": .objectId(id), "status.name": .string(job.status.name.rawValue)],
                                                ["$set": ["observed": .string(job.status.name.rawValue)]])
@@ -223,12 +227,13 @@ struct JobReconciler: DocumentReconciler {
     }
 
     /// Queued and retrying parts of a job that stops: slaves skip them, the master marks them.
-    private func cancelQueuedParts(_ job: ObjectId) async throws {
+    @discardableResult
+    private func cancelQueuedParts(_ job: ObjectId) async throws -> Int {
         let now = bsonNow()
-        try await store.raw(.parts).updateMany(
+        return try await store.raw(.parts).updateMany(
             ["job": .objectId(job), "status.name": ["$in": ["queued", "retry"]]],
             ["$set": ["status": try BSONEncoder.value(Status(PartState.cancelled, reason: "the job stopped", since: now)),
-                      "updated": .datetime(now)]])
+                      "updated": .datetime(now)]]).modifiedCount
     }
 
     /// Moves the job from the status it was read in to `state` (and records it as observed).

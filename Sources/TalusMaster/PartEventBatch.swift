@@ -515,6 +515,13 @@ struct PartEventBatch {
         return conflicts
     }
 
+    /// Jobs no longer dispatching (cancelling or ended) whose parts changed state in this batch:
+    /// the job reconciler no longer keeps their `parts.queued`/`parts.running` counters, so the
+    /// ingester recomputes them after the batch.
+    var settledJobs: Set<ObjectId> {
+        Set(changedParts.compactMap { parts[$0]?.job }.filter { jobs[$0].map { !$0.active } ?? false })
+    }
+
     /// Jobs that reached their limit in this batch (the reconciler finishes them).
     var completed: [ObjectId] {
         jobs.values.filter { $0.delta > 0 && $0.limit >= 0 && $0.counted + $0.delta >= $0.limit }.map(\.id)

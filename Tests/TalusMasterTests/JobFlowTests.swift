@@ -114,6 +114,34 @@ import Testing
         }
     }
 
+    @Test func partsStillRunningWhenTheJobFinishesLeaveItsCountersTrue() async throws {
+        try await MasterFixture.with("lagging") { f in
+            let master = try f.startMaster()
+            try await master.waitUntilLeader()
+            // One slave reaches the limit with a single part; the other's part runs on until the
+            // job's end cancels it, after the job stopped dispatching.
+            let slow = try await f.slave("slow", capacity: 1, behavior: .init(work: .seconds(120)))
+            let id = try await f.insertJob(limit: 4)
+            try await waitUntil("the slow slave runs a part", timeout: .seconds(60)) { !slow.stats.started.isEmpty }
+            _ = try await f.slave("fast", capacity: 1, behavior: .init(work: .milliseconds(50), progress: 4))
+            let job = try await f.waitForStatus(id, .finished, timeout: .seconds(60))
+            #expect(job.progress == 4)
+            try await f.settled(id)
+            let done = try await f.count("parts", ["job": .objectId(id), "status.name": "done"])
+            #expect(done >= 1)
+            #expect(try await f.count("parts", ["job": .objectId(id), "status.name": "cancelled"]) >= 1)
+            var last = PartCounts()
+            do {
+                try await waitUntil("the job's part counters follow its parts", timeout: .seconds(20)) {
+                    last = try await f.job(id).parts
+                    return last.running == 0 && last.queued == 0 && last.done == done
+                }
+            } catch {
+                Issue.record("counters \(last), \(done) parts done: \(try await f.parts(of: id).map { "\($0.idx):\($0.status.name)" })")
+            }
+        }
+    }
+
     @Test func alwaysFailingPartsFailTheJobWithReasonsAndNoProgress() async throws {
         try await MasterFixture.with("failing", overrides: ["jobs.part_attempts": "2", "jobs.max_failed_parts": "2"]) { f in
             let master = try f.startMaster()
