@@ -1,8 +1,9 @@
 // Publishing a job's parts (DESIGN §6): a bounded window per job (the free slots the slaves
 // report plus `jobs.window`), failed attempts republished first, new parts numbered from the
 // job's `next_idx`, published with confirms before their part documents are written (a crash in
-// between leaves at most one chunk of parts without documents; the ingester creates those when
-// they start, and their numbers are never handed out again).
+// between leaves at most two chunks of parts without documents, as recording is pipelined with
+// the next publish; the ingester creates those when they start, and their numbers are never
+// handed out again).
 
 import BSON
 import Foundation
@@ -53,20 +54,32 @@ struct PartDispatcher: Sendable {
         let needed = job.limit < 0 ? Int.max : max(0, job.limit - job.progress - live.outstanding)
         var remaining = min(room, needed)
         var next = job.nextIdx ?? 1
+        // Pipelined: a chunk's documents are written while the next chunk is published (the
+        // broker and the database work at once). Each step is its own task, so it runs to its
+        // end even when this one is cancelled.
+        var recording: Task<Int, any Error>?
         while remaining > 0 {
             try Task.checkCancellation()
             let n = min(remaining, Self.chunk)
             let from = next
             let confirmed = try await Task { try await publishNew(job, image: image, entry: entry, from: from, count: n) }.value
-            published += confirmed
+            if let previous = recording {
+                recording = nil
+                published += try await previous.value
+            }
+            recording = Task { try await record(job, confirmed) }
             next += n
             remaining -= n
-            if confirmed < n {
+            if confirmed.count < n {
                 logger.warning("some parts were not confirmed by the broker: their numbers are skipped", metadata: [
-                    "job": "\(job.id.hex)", "unconfirmed": "\(n - confirmed)",
+                    "job": "\(job.id.hex)", "unconfirmed": "\(n - confirmed.count)",
                 ])
                 break
             }
+        }
+        if let last = recording {
+            recording = nil
+            published += try await last.value
         }
         if published + retried > 0 {
             logger.debug("parts published", metadata: ["job": "\(job.id.hex)", "new": "\(published)", "retried": "\(retried)"])
@@ -91,9 +104,9 @@ struct PartDispatcher: Sendable {
         return models.count
     }
 
-    /// Claims part numbers `from..<from+count`, publishes those parts and records the
-    /// confirmed ones. Returns how many were confirmed.
-    private func publishNew(_ job: JobDocument, image: PartImage, entry: String?, from: Int, count: Int) async throws -> Int {
+    /// Claims part numbers `from..<from+count` and publishes those parts. Returns the ones the
+    /// broker confirmed (``record(_:_:)`` writes their documents).
+    private func publishNew(_ job: JobDocument, image: PartImage, entry: String?, from: Int, count: Int) async throws -> [PartMessage] {
         // Hand out the numbers first: a number is never used twice, even after a crash.
         let claimed = try await store.jobs.updateOne(
             ["_id": .objectId(job.id), "next_idx": job.nextIdx == nil && from == 1 ? ["$exists": false] : .int64(Int64(from))],
@@ -103,8 +116,13 @@ struct PartDispatcher: Sendable {
         }
         let messages = (from..<(from + count)).map { message(job, image: image, entry: entry, idx: $0, attempt: 1) }
         let ok = await publisher.publish(parts: messages, queue: job.queue, priority: job.priority)
+        return zip(messages, ok).filter(\.1).map(\.0)
+    }
+
+    /// Writes the part documents of published parts (queued). Returns how many.
+    private func record(_ job: JobDocument, _ published: [PartMessage]) async throws -> Int {
         let now = bsonNow()
-        let docs: [WriteModel] = try zip(messages, ok).filter(\.1).map { m, _ in
+        let docs: [WriteModel] = try published.map { m in
             .insertOne(try BSONEncoder().encode(PartDocument(job: job.id, idx: m.idx, attempt: 1, status: Status(.queued, since: now), now: now)))
         }
         if !docs.isEmpty { try await store.raw(.parts).bulkWrite(docs, ordered: false).throwUnlessOnlyDuplicates() }
