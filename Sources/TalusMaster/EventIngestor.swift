@@ -55,7 +55,7 @@ final class EventIngestor: Sendable {
     /// Jobs whose accounting must be recomputed (a batch touching them failed).
     private let dirtyJobs = Mutex<Set<ObjectId>>([])
     /// When a cancel was last re-broadcast for a job whose parts still start.
-    private let rebroadcasts = Mutex<[ObjectId: ContinuousClock.Instant]>([:])
+    private let rebroadcasts = JobPacer()
 
     init(store: MasterStore, connection: AMQPConnection, names: AMQPNames, publisher: MasterPublisher,
          slaves: SlaveTracker, limits: Limits, hint: @escaping @Sendable (WorkKey) -> Void, logger: Logger) {
@@ -225,14 +225,7 @@ final class EventIngestor: Sendable {
     /// Re-broadcasts `cancel-job` (at most every 5 s per job) when parts of a job that is not
     /// running still start: a slave missed the first broadcast.
     private func rebroadcastCancel(_ job: ObjectId) async {
-        let now = ContinuousClock.now
-        let due = rebroadcasts.withLock { all -> Bool in
-            all = all.filter { now - $0.value < .seconds(60) }
-            if let last = all[job], now - last < .seconds(5) { return false }
-            all[job] = now
-            return true
-        }
-        guard due else { return }
+        guard rebroadcasts.take(job, pause: .seconds(5)) else { return }
         do {
             try await publisher.broadcast(ControlMessage(.cancelJob, job: job))
         } catch {

@@ -21,6 +21,8 @@ struct JobReconciler: DocumentReconciler {
         var recheck: Duration = .seconds(5)
         /// How often a cancelling job re-broadcasts its cancel.
         var rebroadcast: Duration = .seconds(10)
+        /// The shortest time between two dispatch rounds of one job.
+        var dispatchInterval: Duration = .milliseconds(250)
     }
 
     let collection = TalusModel.Collection.jobs
@@ -33,7 +35,10 @@ struct JobReconciler: DocumentReconciler {
     /// True while the ingester repairs a job's accounting.
     let accountingPending: @Sendable (ObjectId) -> Bool
     let logger: Logger
-    let broadcasts = BroadcastLog()
+    /// When each job last had its cancel broadcast.
+    let broadcasts = JobPacer()
+    /// When each running job last had its parts counted and dispatched.
+    let dispatches = JobPacer()
     let census = PartsCensus()
     /// Tool entry commands by "name@commit".
     let entries = EntryCache()
@@ -134,6 +139,13 @@ struct JobReconciler: DocumentReconciler {
             try await end(read, as: .finished, reason: nil, log: log)
             return .done
         }
+        // Counting a job's parts costs the database most when the job has many outstanding:
+        // hints that come faster than that (an event batch hints every job it touched) are
+        // served together, at least `dispatchInterval` apart and at most a quarter of the time
+        // spent on rounds. The window keeps slaves supplied meanwhile.
+        if let wait = dispatches.wait(read.id) { return .requeue(after: wait) }
+        let began = ContinuousClock.now
+        defer { dispatches.pause(read.id, for: max(limits.dispatchInterval, (ContinuousClock.now - began) * 3)) }
         // Parts first, then the job's accounting: the ingester writes a batch's accounting
         // before the parts that leave the outstanding set, so a part counted as finished here
         // always has its progress in the job read next (no part is published twice over).
@@ -184,7 +196,7 @@ struct JobReconciler: DocumentReconciler {
 
     private func cancel(_ job: JobDocument, log: Logger) async throws -> ReconcileOutcome {
         try await publisher.broadcast(ControlMessage(.cancelJob, job: job.id))
-        broadcasts.record(job.id)
+        broadcasts.pause(job.id, for: limits.rebroadcast)
         try await cancelQueuedParts(job.id)
         if try await move(job, to: .cancelling, reason: job.status.reason) {
             log.info("job cancelling")
@@ -203,9 +215,9 @@ struct JobReconciler: DocumentReconciler {
             }
             return .done
         }
-        if broadcasts.due(job.id, every: limits.rebroadcast) {
+        if broadcasts.wait(job.id) == nil {
             try await publisher.broadcast(ControlMessage(.cancelJob, job: job.id))
-            broadcasts.record(job.id)
+            broadcasts.pause(job.id, for: limits.rebroadcast)
         }
         return .requeue(after: .seconds(1))
     }
@@ -363,19 +375,29 @@ final class EntryCache: Sendable {
     }
 }
 
-/// When each job last had its cancel broadcast.
-final class BroadcastLog: Sendable {
-    private let last = Mutex<[ObjectId: ContinuousClock.Instant]>([:])
+/// When something is next due for each job, to do it at most every so often.
+final class JobPacer: Sendable {
+    private let due = Mutex<[ObjectId: ContinuousClock.Instant]>([:])
 
-    func record(_ job: ObjectId) {
+    /// How long until `job` is due; nil when it is due now.
+    func wait(_ job: ObjectId) -> Duration? {
         let now = ContinuousClock.now
-        last.withLock { all in
+        return due.withLock { all in all[job].flatMap { $0 > now ? $0 - now : nil } }
+    }
+
+    /// Makes `job` due again after `pause` (entries long past due are dropped meanwhile).
+    func pause(_ job: ObjectId, for pause: Duration) {
+        let now = ContinuousClock.now
+        due.withLock { all in
             all = all.filter { now - $0.value < .seconds(600) }
-            all[job] = now
+            all[job] = now + pause
         }
     }
 
-    func due(_ job: ObjectId, every interval: Duration) -> Bool {
-        last.withLock { all in all[job].map { ContinuousClock.now - $0 >= interval } ?? true }
+    /// True, and paused for `pause`, when `job` is due; false otherwise.
+    func take(_ job: ObjectId, pause: Duration) -> Bool {
+        guard wait(job) == nil else { return false }
+        self.pause(job, for: pause)
+        return true
     }
 }

@@ -30,11 +30,15 @@ struct PartDispatcher: Sendable {
     }
 
     func live(_ job: ObjectId) async throws -> Live {
-        let parts = store.raw(.parts)
-        async let queued = parts.countDocuments(["job": .objectId(job), "status.name": "queued"])
-        async let running = parts.countDocuments(["job": .objectId(job), "status.name": "running"])
+        // One pass over the job's outstanding parts for both counts.
+        async let counts = store.raw(.parts).aggregate([
+            ["$match": ["job": .objectId(job), "status.name": ["$in": ["queued", "running"]]]],
+            ["$group": ["_id": "$status.name", "n": ["$sum": 1]]],
+        ])
         async let retry = store.parts.find(["job": .objectId(job), "status.name": "retry"])
-        return Live(queued: try await queued, running: try await running, retry: try await retry)
+        var byState: [String: Int] = [:]
+        for group in try await counts { if let state = group["_id"]?.stringValue { byState[state] = group["n"]?.intValue ?? 0 } }
+        return Live(queued: byState["queued", default: 0], running: byState["running", default: 0], retry: try await retry)
     }
 
     /// Publishes what the window allows: failed attempts again, then new parts. Returns how
