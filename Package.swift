@@ -179,7 +179,7 @@ let package = Package(
         .executableTarget(
             name: "talus-bench",
             dependencies: [
-                "Mongo", "AMQP", "Libvirt", "TalusModel", "TalusCore", "TalusMaster", "TalusSlave",
+                "Mongo", "AMQP", "Libvirt", "TalusModel", "TalusCore", "TalusMaster", "TalusSlave", "TalusAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

@@ -15,6 +15,7 @@ import Foundation
 import Mongo
 import NIOCore
 import NIOFoundationCompat
+import TalusAPI
 import TalusCore
 import TalusModel
 
@@ -232,18 +233,8 @@ struct BenchAPI {
         let port = Int.random(in: 20000...40000)
         let database = "bench_api_\(UInt32.random(in: 0...UInt32.max))"
         let config = dir + "/api.yaml"
-        try """
-            http:
-              listen: 127.0.0.1:\(port)
-            mongo:
-              uri: "\(mongoURI)"
-              database: \(database)
-            storage:
-              uploads: \(dir)/uploads
-              images: \(dir)/images
-            log:
-              level: warning
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+        try Settings.yaml(APIConfig.localValues(port: port, mongoURI: mongoURI, database: database, directory: dir))
+            .write(toFile: config, atomically: true, encoding: .utf8)
         let boot = try runSync(bin + "/talus-api", ["bootstrap-admin", "--config", config, "--name", "bench", "--json"])
         guard let obj = try JSONSerialization.jsonObject(with: Data(boot.utf8)) as? [String: Any], let token = obj["token"] as? String else {
             throw BenchError("bootstrap-admin: \(boot)")

@@ -66,7 +66,8 @@ struct MasterBench: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Resident memory of talus-master with parts in flight.")
         @OptionGroup var options: Options
         @Option(help: "Parts in flight per round.") var parts = 10_000
-        func run() async throws { try await BenchEnvironment(options).memory(parts: parts) }
+        @Option(help: "Rounds of parts (growth is measured after the first).") var rounds = 3
+        func run() async throws { try await BenchEnvironment(options).memory(parts: parts, rounds: rounds) }
     }
 
     struct All: AsyncParsableCommand {
@@ -410,22 +411,14 @@ struct BenchEnvironment {
 
     // MARK: memory
 
-    func memory(parts: Int) async throws {
+    func memory(parts: Int, rounds: Int = 3) async throws {
         let scene = try await scene("memory")
         defer { Task { await scene.cleanUp() } }
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("talus-master").path
         guard FileManager.default.isExecutableFile(atPath: binary) else { throw ValidationError("talus-master is not built next to talus-bench") }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("talus-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        var yaml = ""
-        var sections: [String: [(String, String)]] = [:]
-        for (k, v) in scene.values.merging(["jobs.window": String(parts), "log.level": "error"], uniquingKeysWith: { $1 }) {
-            let p = k.split(separator: ".", maxSplits: 1).map(String.init)
-            sections[p[0], default: []].append((p[1], v))
-        }
-        for (s, kv) in sections.sorted(by: { $0.key < $1.key }) {
-            yaml += "\(s):\n" + kv.map { "  \($0.0): \"\($0.1)\"\n" }.joined()
-        }
+        let yaml = Settings.yaml(scene.values.merging(["jobs.window": String(parts), "log.level": "error"], uniquingKeysWith: { $1 }))
         let configPath = dir.appendingPathComponent("master.yaml").path
         try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
         let process = Process()
@@ -447,16 +440,26 @@ struct BenchEnvironment {
         try await Task.sleep(for: .seconds(2))
         let idle = rss()
         var rows: [(String, String)] = [("leader, idle", "\(idle / 1024) MiB")]
-        for round in 1...2 {
+        var afterRound: [Int] = []
+        for round in 1...rounds {
             let job = scene.job(limit: parts)
             try await jobs.insertOne(job)
             try await scene.partsRecorded(job.id, parts)
             rows.append(("round \(round): \(parts) parts in flight", "\(rss() / 1024) MiB"))
+            let start = ContinuousClock.now
             try await drain(scene, job: job.id, parts: parts)
             try await Self.waitUntil("job finished") {
                 try await jobs.findOne(["_id": .objectId(job.id)])?.status.name == .finished
             }
-            rows.append(("round \(round): after they finished", "\(rss() / 1024) MiB"))
+            let took = ContinuousClock.now - start
+            afterRound.append(rss())
+            rows.append(("round \(round): after they finished", "\(afterRound.last! / 1024) MiB"))
+            rows.append(("  parts run and their 3 events ingested", Self.rate(parts, took)))
+        }
+        if afterRound.count >= 2 {
+            // The first round fills the allocator's pools and caches; growth after it is per part.
+            let perPart = Double((afterRound.last! - afterRound[0]) * 1024) / Double(parts * (afterRound.count - 1))
+            rows.append(("growth per finished part after round 1", String(format: "%.1f bytes", perPart)))
         }
         process.terminate()
         process.waitUntilExit()

@@ -17,6 +17,14 @@ public struct APIConfig: Sendable {
     ]
 
     /// The declared keys.
+    /// The settings of a `talus-api` serving on loopback `port` with its storage under
+    /// `directory` (benchmarks and tests that start one).
+    public static func localValues(port: Int, mongoURI: String, database: String, directory: String,
+                                   logLevel: String = "warning") -> [String: String] {
+        [Key.listen.name: "127.0.0.1:\(port)", Key.mongoURI.name: mongoURI, Key.mongoDatabase.name: database,
+         Key.uploads.name: directory + "/uploads", Key.images.name: directory + "/images", Key.logLevel.name: logLevel]
+    }
+
     public enum Key {
         public static let listen = SettingKey(
             "http.listen", type: "host:port", default: "127.0.0.1:8420",

@@ -86,6 +86,26 @@ public struct Settings: Sendable {
         fileKeys = Set(values.keys)
     }
 
+    /// A configuration file with these values (dotted keys, `section.key`; sections and keys
+    /// sorted; every value a double-quoted string), for tools and tests that start a daemon.
+    public static func yaml(_ values: [String: String], header: String? = nil) -> String {
+        var sections: [String: [(String, String)]] = [:]
+        for (key, value) in values {
+            let parts = key.split(separator: ".", maxSplits: 1).map(String.init)
+            precondition(parts.count == 2, "configuration key \(key) is not section.key")
+            sections[parts[0], default: []].append((parts[1], value))
+        }
+        var yaml = header.map { "# \($0)\n" } ?? ""
+        for (section, entries) in sections.sorted(by: { $0.key < $1.key }) {
+            yaml += "\(section):\n"
+            for (key, value) in entries.sorted(by: { $0.0 < $1.0 }) {
+                let quoted = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+                yaml += "  \(key): \"\(quoted)\"\n"
+            }
+        }
+        return yaml
+    }
+
     /// The raw text of `key`, or nil when unset. Secret keys also come from `<key>_file`.
     public func text(_ key: SettingKey) throws -> String? {
         if let v = environment[key.environmentName] { return v }

@@ -33,18 +33,8 @@ final class APIProcess: @unchecked Sendable {
         let database = uniqueName(prefix)
         let mongoURI = try TestEnvironment.mongoURI()
         let config = dir + "/api.yaml"
-        try """
-            http:
-              listen: 127.0.0.1:\(port)
-            mongo:
-              uri: "\(mongoURI)"
-              database: \(database)
-            storage:
-              uploads: \(dir)/uploads
-              images: \(dir)/images
-            log:
-              level: warning
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+        try Settings.yaml(APIConfig.localValues(port: port, mongoURI: mongoURI, database: database, directory: dir))
+            .write(toFile: config, atomically: true, encoding: .utf8)
         let bootstrap = try await runCommand(exe, ["bootstrap-admin", "--config", config, "--name", "root", "--json"], timeout: .seconds(60))
         let out = try #require(try JSONSerialization.jsonObject(with: Data(bootstrap.stdout.utf8)) as? [String: Any])
         let token = try #require(out["token"] as? String)

@@ -95,16 +95,7 @@ final class MasterFixture: @unchecked Sendable {
 
     /// Writes the configuration as a YAML file (for the subprocess tests).
     func writeConfig(extra: [String: String] = [:]) throws -> String {
-        var tree: [String: [(String, String)]] = [:]
-        for (key, value) in values.merging(extra, uniquingKeysWith: { $1 }) {
-            let parts = key.split(separator: ".", maxSplits: 1).map(String.init)
-            tree[parts[0], default: []].append((parts[1], value))
-        }
-        var yaml = "# written by a test\n"
-        for (section, entries) in tree.sorted(by: { $0.key < $1.key }) {
-            yaml += "\(section):\n"
-            for (k, v) in entries.sorted(by: { $0.0 < $1.0 }) { yaml += "  \(k): \"\(v)\"\n" }
-        }
+        let yaml = Settings.yaml(values.merging(extra, uniquingKeysWith: { $1 }), header: "written by a test")
         let path = try TestEnvironment.scratchDirectory("master-config") + "/master.yaml"
         try yaml.write(toFile: path, atomically: true, encoding: .utf8)
         return path
