@@ -24,6 +24,17 @@ import Testing
         try s.checkUnknownKeys([url, slots, debug, grace])
     }
 
+    @Test func renderedYAMLReadsBackTheSameValues() async throws {
+        let values = ["amqp.url": "amqp://u:p\"q\\@host:5672/", "slave.vms": "3", "shutdown.grace": "5s"]
+        let yaml = Settings.yaml(values, header: "written by a test")
+        #expect(yaml.hasPrefix("# written by a test\namqp:\n"))
+        let s = try await Settings(filePath: try write(yaml), environment: [:])
+        #expect(try s.string(url) == values["amqp.url"])
+        #expect(try s.int(slots) == 3)
+        #expect(try s.duration(grace) == .seconds(5))
+        try s.checkUnknownKeys([url, slots, debug, grace])
+    }
+
     @Test func badValuesNameTheKey() async throws {
         let path = try write("slave:\n  vms: many\ndebug: perhaps\n")
         let s = try await Settings(filePath: path, environment: [:])
