@@ -127,7 +127,7 @@ struct ImageCommand: AsyncParsableCommand {
         func run() async throws {
             let json = global.json
             try await withAPI { client in
-                let osId = try await client.resolve("os", os, what: "os")
+                let osId = try await client.resolve(OSDocument.self, os)
                 var uploadId = upload
                 if let file {
                     let progress = Progress(label: "uploading \(URL(fileURLWithPath: file).lastPathComponent)")
@@ -182,7 +182,7 @@ struct ImageCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await withAPI { client in
-                let baseId = try await client.resolve("images", base, what: "image")
+                let baseId = try await client.resolve(ImageDocument.self, base)
                 var body: BSONDocument = ["name": .string(name), "base": .string(baseId), "interactive": .bool(interactive)]
                 if let description { body["description"] = .string(description) }
                 if !tag.isEmpty { body["tags"] = .array(tag.map { .string($0) }) }
@@ -202,7 +202,7 @@ struct ImageCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await withAPI { client in
-                let id = try await client.resolve("images", image, what: "image")
+                let id = try await client.resolve(ImageDocument.self, image)
                 var body: BSONDocument = ["status": "configure", "interactive": .bool(!noInteractive)]
                 if let sessionSeconds { body["session_seconds"] = .int64(Int64(sessionSeconds)) }
                 let doc = try await client.json(.PATCH, "/api/v1/images/\(id)", body: body, as: ImageDocument.self)
@@ -233,7 +233,7 @@ struct ImageCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await withAPI { client in
-                let id = try await client.resolve("images", image, what: "image")
+                let id = try await client.resolve(ImageDocument.self, image)
                 let doc = try await client.json(.DELETE, "/api/v1/images/\(id)", as: ImageDocument.self)
                 if wait {
                     try await interruptible({ "stopped waiting; the deletion continues" }) {
@@ -269,19 +269,8 @@ struct ImageCommand: AsyncParsableCommand {
         @Flag(help: "Only mine.") var mine = false
 
         func run() async throws {
-            try await withAPI { client in
-                let osId = try await os.asyncMapCLI { try await client.resolve("os", $0, what: "os") }
-                let images = try await client.list("/api/v1/images", query: list.query([("status", status), ("os", osId), ("owner", mine ? "me" : nil)]),
-                                                   limit: list.max, as: ImageDocument.self)
-                if global.json { try Output.json(images); return }
-                let oses = try await client.list("/api/v1/os", query: [], limit: nil, as: OSDocument.self)
-                let osNames = Dictionary(oses.map { ($0.id, $0.name) }, uniquingKeysWith: { a, _ in a })
-                let names = Dictionary(images.map { ($0.id, $0.name) }, uniquingKeysWith: { a, _ in a })
-                Output.table(["ID", "NAME", "STATUS", "OS", "BASE", "SIZE", "UPDATED"], images.map { i in
-                    [i.id.hex, i.name, i.status.name.rawValue, osNames[i.os] ?? i.os.hex, i.base.map { names[$0] ?? $0.hex } ?? "-",
-                     i.file?.size.map(Format.bytes) ?? "-", Format.ago(i.updated)]
-                })
-            }
+            try await Listing.list(ImageDocument.self, global, list,
+                                   filters: [.field("status", status), .reference("os", os, OSDocument.self), .mine(mine)])
         }
     }
 
@@ -292,38 +281,60 @@ struct ImageCommand: AsyncParsableCommand {
         @Flag(help: "Wait until the image is ready, printing VNC details when a VM is up.") var wait = false
 
         func run() async throws {
+            guard wait else { return try await Listing.show(ImageDocument.self, image, global) }
             try await withAPI { client in
-                let id = try await client.resolve("images", image, what: "image")
-                var doc = try await client.get("/api/v1/images/\(id)", as: ImageDocument.self)
-                if wait {
-                    doc = try await interruptible({ "stopped waiting; the work continues on the server" }) {
-                        try await ImageWait.wait(client, id: id, json: global.json, interval: .seconds(1))
-                    }
-                    if global.json { try Output.jsonLine(ImageEvent(event: "ready", image: id, document: doc)); return }
+                let id = try await client.resolve(ImageDocument.self, image)
+                _ = try await client.get("/api/v1/images/\(id)", as: ImageDocument.self)
+                let doc = try await interruptible({ "stopped waiting; the work continues on the server" }) {
+                    try await ImageWait.wait(client, id: id, json: global.json, interval: .seconds(1))
                 }
-                if global.json { try Output.json(doc); return }
-                let os = try? await client.get("/api/v1/os/\(doc.os.hex)", as: OSDocument.self)
-                var rows: [(String, String)] = [
-                    ("id", doc.id.hex), ("name", doc.name),
-                    ("status", doc.status.name.rawValue + (doc.status.reason.map { " — \($0)" } ?? "") + " (since \(Format.date(doc.status.since)))"),
-                    ("os", os.map { "\($0.name) (\(doc.os.hex))" } ?? doc.os.hex), ("base", doc.base?.hex ?? "-"),
-                ]
-                if let d = doc.description { rows.append(("description", d)) }
-                if let f = doc.file {
-                    rows.append(("file", "\(f.path), \(f.size.map(Format.bytes) ?? "?") on disk, \(f.virtualSize.map(Format.bytes) ?? "?") virtual"))
-                    rows.append(("sha256", f.sha256 ?? "-"))
-                }
-                if let deadline = doc.status.deadline { rows.append(("deadline", Format.date(deadline) + " UTC")) }
-                if let vnc = doc.status.vnc {
-                    rows.append(("vnc", "\(vnc.host):\(vnc.port) (vnc://\(vnc.host):\(vnc.port))"))
-                    rows.append(("vnc password", vnc.password))
-                }
-                if let vm = doc.vm { rows.append(("vm", "\(vm.cpus) CPU, \(vm.memoryMB) MiB")) } else { rows.append(("vm", "master defaults")) }
-                rows += [("owner", doc.owner?.hex ?? "-"), ("created", Format.date(doc.created)), ("updated", Format.date(doc.updated)),
-                         ("tags", doc.tags.joined(separator: ", "))]
-                Output.fields(rows)
+                if global.json { try Output.jsonLine(ImageEvent(event: "ready", image: id, document: doc)); return }
+                try await Listing.present(doc, global, client: client)
             }
         }
+    }
+}
+
+extension ImageDocument: ShownResource {
+    static let apiPath = "images", what = "image", filterKeys: Set<String> = ["status", "os", "owner", "tag"]
+    static let columns = ["ID", "NAME", "STATUS", "OS", "BASE", "SIZE", "UPDATED"]
+    /// Without the names of its os and base (see ``printTable(_:client:)``).
+    var row: [String] { row(osNames: [:], names: [:]) }
+
+    func row(osNames: [ObjectId: String], names: [ObjectId: String]) -> [String] {
+        [id.hex, name, status.name.rawValue, osNames[os] ?? os.hex, base.map { names[$0] ?? $0.hex } ?? "-",
+         file?.size.map(Format.bytes) ?? "-", Format.ago(updated)]
+    }
+
+    /// The table names each image's os and base.
+    static func printTable(_ items: [ImageDocument], client: APIClient) async throws {
+        let oses = try await client.list("/api/v1/os", query: [], limit: nil, as: OSDocument.self)
+        let osNames = Dictionary(oses.map { ($0.id, $0.name) }, uniquingKeysWith: { a, _ in a })
+        let names = Dictionary(items.map { ($0.id, $0.name) }, uniquingKeysWith: { a, _ in a })
+        Output.table(columns, items.map { $0.row(osNames: osNames, names: names) })
+    }
+
+    func printDetails(client: APIClient) async throws {
+        let os = try? await client.get("/api/v1/os/\(self.os.hex)", as: OSDocument.self)
+        var rows: [(String, String)] = [
+            ("id", id.hex), ("name", name),
+            ("status", status.name.rawValue + (status.reason.map { " — \($0)" } ?? "") + " (since \(Format.date(status.since)))"),
+            ("os", os.map { "\($0.name) (\(self.os.hex))" } ?? self.os.hex), ("base", base?.hex ?? "-"),
+        ]
+        if let d = description { rows.append(("description", d)) }
+        if let f = file {
+            rows.append(("file", "\(f.path), \(f.size.map(Format.bytes) ?? "?") on disk, \(f.virtualSize.map(Format.bytes) ?? "?") virtual"))
+            rows.append(("sha256", f.sha256 ?? "-"))
+        }
+        if let deadline = status.deadline { rows.append(("deadline", Format.date(deadline) + " UTC")) }
+        if let vnc = status.vnc {
+            rows.append(("vnc", "\(vnc.host):\(vnc.port) (vnc://\(vnc.host):\(vnc.port))"))
+            rows.append(("vnc password", vnc.password))
+        }
+        if let vm { rows.append(("vm", "\(vm.cpus) CPU, \(vm.memoryMB) MiB")) } else { rows.append(("vm", "master defaults")) }
+        rows += [("owner", owner?.hex ?? "-"), ("created", Format.date(created)), ("updated", Format.date(updated)),
+                 ("tags", tags.joined(separator: ", "))]
+        Output.fields(rows)
     }
 }
 
@@ -355,16 +366,7 @@ struct UploadCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List your uploads.")
         @OptionGroup var global: GlobalOptions
         @OptionGroup var list: ListOptions
-
-        func run() async throws {
-            try await withAPI { client in
-                let uploads = try await client.list("/api/v1/uploads", query: list.query([]), limit: list.max, as: UploadDocument.self)
-                if global.json { try Output.json(uploads); return }
-                Output.table(["ID", "FILE", "SIZE", "COMPLETE", "EXPIRES"], uploads.map {
-                    [$0.id.hex, $0.filename, "\(Format.bytes($0.size)) / \(Format.bytes($0.expectedSize ?? $0.size))", $0.complete ? "yes" : "no", Format.date($0.expires)]
-                })
-            }
-        }
+        func run() async throws { try await Listing.list(UploadDocument.self, global, list) }
     }
 
     struct Delete: AsyncParsableCommand {
@@ -379,12 +381,11 @@ struct UploadCommand: AsyncParsableCommand {
     }
 }
 
-extension Optional {
-    /// `map` with an async transform.
-    func asyncMapCLI<U>(_ transform: (Wrapped) async throws -> U) async rethrows -> U? {
-        switch self {
-        case .some(let w): return try await transform(w)
-        case .none: return nil
-        }
+extension UploadDocument: ListedResource {
+    static let apiPath = "uploads", what = "upload", filterKeys: Set<String> = ["tag"]
+    static var nameField: String? { nil }
+    static let columns = ["ID", "FILE", "SIZE", "COMPLETE", "EXPIRES"]
+    var row: [String] {
+        [id.hex, filename, "\(Format.bytes(size)) / \(Format.bytes(expectedSize ?? size))", complete ? "yes" : "no", Format.date(expires)]
     }
 }

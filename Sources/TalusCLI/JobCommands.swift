@@ -71,7 +71,7 @@ struct TaskCommand: AsyncParsableCommand {
         func run() async throws {
             try await withAPI { client in
                 var body: BSONDocument = ["name": .string(name), "tool": .string(tool),
-                                          "image": .string(try await client.resolve("images", image, what: "image"))]
+                                          "image": .string(try await client.resolve(ImageDocument.self, image))]
                 if let commit { body["tool_commit"] = .string(commit) }
                 if let p = try params.document() { body["params"] = .document(p) }
                 if let limit { body["limit"] = .int64(Int64(limit)) }
@@ -92,36 +92,14 @@ struct TaskCommand: AsyncParsableCommand {
         @OptionGroup var list: ListOptions
         @Option(help: "Only this tool.") var tool: String?
         @Flag(help: "Only mine.") var mine = false
-
-        func run() async throws {
-            try await withAPI { client in
-                let tasks = try await client.list("/api/v1/tasks", query: list.query([("tool", tool), ("owner", mine ? "me" : nil)]),
-                                                  limit: list.max, as: TaskDocument.self)
-                if global.json { try Output.json(tasks); return }
-                Output.table(["ID", "NAME", "TOOL", "COMMIT", "LIMIT", "IMAGE", "CREATED"], tasks.map {
-                    [$0.id.hex, $0.name, $0.tool, String($0.toolCommit.prefix(12)), String($0.limit), $0.image.hex, Format.date($0.created)]
-                })
-            }
-        }
+        func run() async throws { try await Listing.list(TaskDocument.self, global, list, filters: [.field("tool", tool), .mine(mine)]) }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a task.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Task (name or id).") var task: String
-
-        func run() async throws {
-            try await withAPI { client in
-                let id = try await client.resolve("tasks", task, what: "task")
-                let t = try await client.get("/api/v1/tasks/\(id)", as: TaskDocument.self)
-                if global.json { try Output.json(t); return }
-                Output.fields([("id", t.id.hex), ("name", t.name), ("tool", t.tool), ("commit", t.toolCommit), ("image", t.image.hex),
-                               ("params", Format.json(t.params)), ("limit", String(t.limit)),
-                               ("vm", "\(t.vm.cpus) CPU, \(t.vm.memoryMB) MiB, \(t.vm.timeoutS)s per run"),
-                               ("network", t.network.rawValue), ("owner", t.owner?.hex ?? "-"), ("created", Format.date(t.created)),
-                               ("tags", t.tags.joined(separator: ", "))])
-            }
-        }
+        func run() async throws { try await Listing.show(TaskDocument.self, task, global) }
     }
 
     struct Delete: AsyncParsableCommand {
@@ -129,11 +107,24 @@ struct TaskCommand: AsyncParsableCommand {
         @Argument(help: "Task (name or id).") var task: String
         func run() async throws {
             try await withAPI { client in
-                let id = try await client.resolve("tasks", task, what: "task")
+                let id = try await client.resolve(TaskDocument.self, task)
                 _ = try await client.raw(.DELETE, "/api/v1/tasks/\(id)")
                 Output.line("task \(task) deleted")
             }
         }
+    }
+}
+
+extension TaskDocument: ShownResource {
+    static let apiPath = "tasks", what = "task", filterKeys: Set<String> = ["tool", "owner", "tag"]
+    static let columns = ["ID", "NAME", "TOOL", "COMMIT", "LIMIT", "IMAGE", "CREATED"]
+    var row: [String] { [id.hex, name, tool, String(toolCommit.prefix(12)), String(limit), image.hex, Format.date(created)] }
+    func printDetails(client: APIClient) {
+        Output.fields([("id", id.hex), ("name", name), ("tool", tool), ("commit", toolCommit), ("image", image.hex),
+                       ("params", Format.json(params)), ("limit", String(limit)),
+                       ("vm", "\(vm.cpus) CPU, \(vm.memoryMB) MiB, \(vm.timeoutS)s per run"),
+                       ("network", network.rawValue), ("owner", owner?.hex ?? "-"), ("created", Format.date(created)),
+                       ("tags", tags.joined(separator: ", "))])
     }
 }
 
@@ -161,9 +152,9 @@ struct JobCommand: AsyncParsableCommand {
         func run() async throws {
             let json = global.json, watch = self.watch
             try await withAPI { client in
-                var body: BSONDocument = ["task": .string(try await client.resolve("tasks", task, what: "task"))]
+                var body: BSONDocument = ["task": .string(try await client.resolve(TaskDocument.self, task))]
                 if let name { body["name"] = .string(name) }
-                if let image { body["image"] = .string(try await client.resolve("images", image, what: "image")) }
+                if let image { body["image"] = .string(try await client.resolve(ImageDocument.self, image)) }
                 if let p = try params.document() { body["params"] = .document(p) }
                 if let priority { body["priority"] = .int64(Int64(priority)) }
                 if let limit { body["limit"] = .int64(Int64(limit)) }
@@ -194,17 +185,8 @@ struct JobCommand: AsyncParsableCommand {
         @Flag(help: "Only mine.") var mine = false
 
         func run() async throws {
-            try await withAPI { client in
-                let taskId = try await task.asyncMapCLI { try await client.resolve("tasks", $0, what: "task") }
-                let jobs = try await client.list("/api/v1/jobs", query: list.query([("status", status), ("task", taskId), ("owner", mine ? "me" : nil)]),
-                                                 limit: list.max, as: JobDocument.self)
-                if global.json { try Output.json(jobs); return }
-                Output.table(["ID", "NAME", "STATUS", "PROGRESS", "PARTS q/r/d/f", "PRIO", "ERRORS", "CREATED"], jobs.map { j in
-                    [j.id.hex, j.name, j.status.name.rawValue, JobWatch.progressText(j),
-                     "\(j.parts.queued)/\(j.parts.running)/\(j.parts.done)/\(j.parts.failed)", String(j.priority),
-                     String(j.errors.count), Format.ago(j.created)]
-                })
-            }
+            try await Listing.list(JobDocument.self, global, list,
+                                   filters: [.field("status", status), .reference("task", task, TaskDocument.self), .mine(mine)])
         }
     }
 
@@ -212,29 +194,7 @@ struct JobCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a job.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job (name or id).") var job: String
-
-        func run() async throws {
-            try await withAPI { client in
-                let id = try await client.resolve("jobs", job, what: "job")
-                let j = try await client.get("/api/v1/jobs/\(id)", as: JobDocument.self)
-                if global.json { try Output.json(j); return }
-                var rows: [(String, String)] = [
-                    ("id", j.id.hex), ("name", j.name),
-                    ("status", j.status.name.rawValue + (j.status.reason.map { " — \($0)" } ?? "") + " (since \(Format.date(j.status.since)))"),
-                    ("progress", JobWatch.progressText(j)),
-                    ("parts", "queued \(j.parts.queued), running \(j.parts.running), done \(j.parts.done), failed \(j.parts.failed)"),
-                    ("task", j.task.hex), ("tool", "\(j.tool) at \(j.toolCommit)"), ("image", j.image.hex),
-                    ("params", Format.json(j.params)), ("priority", String(j.priority)), ("queue", j.queue),
-                    ("vm", "\(j.vm.cpus) CPU, \(j.vm.memoryMB) MiB, \(j.vm.timeoutS)s per run"), ("network", j.network.rawValue),
-                    ("owner", j.owner?.hex ?? "-"), ("created", Format.date(j.created)), ("tags", j.tags.joined(separator: ", ")),
-                ]
-                rows.append(("errors", j.errors.isEmpty ? "none" : "\(j.errors.count)"))
-                Output.fields(rows)
-                for e in j.errors.suffix(10) {
-                    Output.line("  \(Format.date(e.at)) part \(e.idx.map(String.init) ?? "-")\(e.slave.map { " on \($0)" } ?? ""): \(e.reason)")
-                }
-            }
-        }
+        func run() async throws { try await Listing.show(JobDocument.self, job, global) }
     }
 
     struct Cancel: AsyncParsableCommand {
@@ -244,7 +204,7 @@ struct JobCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await withAPI { client in
-                let id = try await client.resolve("jobs", job, what: "job")
+                let id = try await client.resolve(JobDocument.self, job)
                 let j = try await client.json(.PATCH, "/api/v1/jobs/\(id)", body: ["status": "cancel"] as BSONDocument, as: JobDocument.self)
                 if global.json { try Output.json(j) } else { Output.line("job \(j.name) (\(id)): cancel requested") }
             }
@@ -262,9 +222,34 @@ struct JobCommand: AsyncParsableCommand {
         func run() async throws {
             let json = global.json, interval = self.interval
             try await withAPI { client in
-                let id = try await client.resolve("jobs", job, what: "job")
+                let id = try await client.resolve(JobDocument.self, job)
                 try await JobWatch.watch(client, id: id, json: json, interval: .milliseconds(Int64(interval * 1000)))
             }
+        }
+    }
+}
+
+extension JobDocument: ShownResource {
+    static let apiPath = "jobs", what = "job", filterKeys: Set<String> = ["status", "task", "owner", "tag"]
+    static let columns = ["ID", "NAME", "STATUS", "PROGRESS", "PARTS q/r/d/f", "PRIO", "ERRORS", "CREATED"]
+    var row: [String] {
+        [id.hex, name, status.name.rawValue, JobWatch.progressText(self), "\(parts.queued)/\(parts.running)/\(parts.done)/\(parts.failed)",
+         String(priority), String(errors.count), Format.ago(created)]
+    }
+    func printDetails(client: APIClient) {
+        Output.fields([
+            ("id", id.hex), ("name", name),
+            ("status", status.name.rawValue + (status.reason.map { " — \($0)" } ?? "") + " (since \(Format.date(status.since)))"),
+            ("progress", JobWatch.progressText(self)),
+            ("parts", "queued \(parts.queued), running \(parts.running), done \(parts.done), failed \(parts.failed)"),
+            ("task", task.hex), ("tool", "\(tool) at \(toolCommit)"), ("image", image.hex),
+            ("params", Format.json(params)), ("priority", String(priority)), ("queue", queue),
+            ("vm", "\(vm.cpus) CPU, \(vm.memoryMB) MiB, \(vm.timeoutS)s per run"), ("network", network.rawValue),
+            ("owner", owner?.hex ?? "-"), ("created", Format.date(created)), ("tags", tags.joined(separator: ", ")),
+            ("errors", errors.isEmpty ? "none" : "\(errors.count)"),
+        ])
+        for e in errors.suffix(10) {
+            Output.line("  \(Format.date(e.at)) part \(e.idx.map(String.init) ?? "-")\(e.slave.map { " on \($0)" } ?? ""): \(e.reason)")
         }
     }
 }
@@ -364,15 +349,7 @@ struct ResultCommand: AsyncParsableCommand {
         @Option(help: "Only this type.") var type: String?
 
         func run() async throws {
-            try await withAPI { client in
-                let jobId = try await job.asyncMapCLI { try await client.resolve("jobs", $0, what: "job") }
-                let results = try await client.list("/api/v1/results", query: list.query([("job", jobId), ("type", type)]),
-                                                    limit: list.max, as: ResultDocument.self)
-                if global.json { try Output.json(results); return }
-                Output.table(["ID", "JOB", "PART", "TYPE", "TOOL", "FILES", "DATA"], results.map {
-                    [$0.id.hex, $0.job.hex, String($0.idx), $0.type, $0.tool, String($0.files.count), String(Format.json($0.data).prefix(60))]
-                })
-            }
+            try await Listing.list(ResultDocument.self, global, list, filters: [.reference("job", job, JobDocument.self), .field("type", type)])
         }
     }
 
@@ -380,16 +357,19 @@ struct ResultCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a result (download its files with talus file get).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Result id.") var id: String
+        func run() async throws { try await Listing.show(ResultDocument.self, id, global) }
+    }
+}
 
-        func run() async throws {
-            try await withAPI { client in
-                let r = try await client.get("/api/v1/results/\(id)", as: ResultDocument.self)
-                if global.json { try Output.json(r); return }
-                Output.fields([("id", r.id.hex), ("job", r.job.hex), ("part", String(r.idx)), ("run", r.run), ("tool", r.tool),
-                               ("type", r.type), ("data", Format.json(r.data)), ("created", Format.date(r.created))])
-                for f in r.files { Output.line("  file \(f.id.hex)  \(f.name)  \(Format.bytes(f.size))  sha256 \(f.sha256)") }
-            }
-        }
+extension ResultDocument: ShownResource {
+    static let apiPath = "results", what = "result", filterKeys: Set<String> = ["job", "type", "tag"]
+    static var nameField: String? { nil }
+    static let columns = ["ID", "JOB", "PART", "TYPE", "TOOL", "FILES", "DATA"]
+    var row: [String] { [id.hex, job.hex, String(idx), type, tool, String(files.count), String(Format.json(data).prefix(60))] }
+    func printDetails(client: APIClient) {
+        Output.fields([("id", id.hex), ("job", job.hex), ("part", String(idx)), ("run", run), ("tool", tool),
+                       ("type", type), ("data", Format.json(data)), ("created", Format.date(created))])
+        for f in files { Output.line("  file \(f.id.hex)  \(f.name)  \(Format.bytes(f.size))  sha256 \(f.sha256)") }
     }
 }
 
@@ -402,36 +382,14 @@ struct CrashCommand: AsyncParsableCommand {
         @OptionGroup var global: GlobalOptions
         @OptionGroup var list: ListOptions
         @Option(help: "Only crashes of this job (name or id).") var job: String?
-
-        func run() async throws {
-            try await withAPI { client in
-                let jobId = try await job.asyncMapCLI { try await client.resolve("jobs", $0, what: "job") }
-                let crashes = try await client.list("/api/v1/crashes", query: list.query([("job", jobId)]), limit: list.max, as: CrashDocument.self)
-                if global.json { try Output.json(crashes); return }
-                Output.table(["ID", "JOB", "COUNT", "SAMPLES", "LAST SEEN", "BUCKET"], crashes.map {
-                    [$0.id.hex, $0.job.hex, String($0.count), String($0.samples.count), Format.ago($0.lastSeen), String($0.bucket.prefix(70))]
-                })
-            }
-        }
+        func run() async throws { try await Listing.list(CrashDocument.self, global, list, filters: [.reference("job", job, JobDocument.self)]) }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a crash bucket and its samples.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Crash id.") var id: String
-
-        func run() async throws {
-            try await withAPI { client in
-                let c = try await client.get("/api/v1/crashes/\(id)", as: CrashDocument.self)
-                if global.json { try Output.json(c); return }
-                Output.fields([("id", c.id.hex), ("job", c.job.hex), ("tool", c.tool), ("bucket", c.bucket), ("count", String(c.count)),
-                               ("first seen", Format.date(c.firstSeen)), ("last seen", Format.date(c.lastSeen))])
-                for (n, s) in c.samples.enumerated() {
-                    Output.line("  sample \(n): part \(s.idx), \(Format.date(s.at))" + (s.file.map { ", input \($0.name) (\(Format.bytes($0.size)))" } ?? ""))
-                    if !s.data.isEmpty { Output.line("    \(Format.json(s.data))") }
-                }
-            }
-        }
+        func run() async throws { try await Listing.show(CrashDocument.self, id, global) }
     }
 
     struct Export: AsyncParsableCommand {
@@ -461,6 +419,21 @@ struct CrashCommand: AsyncParsableCommand {
                     Output.line("exported crash \(c.id.hex) to \(dir) (\(written.count) sample inputs)")
                 }
             }
+        }
+    }
+}
+
+extension CrashDocument: ShownResource {
+    static let apiPath = "crashes", what = "crash", filterKeys: Set<String> = ["job", "tag"]
+    static var nameField: String? { nil }
+    static let columns = ["ID", "JOB", "COUNT", "SAMPLES", "LAST SEEN", "BUCKET"]
+    var row: [String] { [id.hex, job.hex, String(count), String(samples.count), Format.ago(lastSeen), String(bucket.prefix(70))] }
+    func printDetails(client: APIClient) {
+        Output.fields([("id", id.hex), ("job", job.hex), ("tool", tool), ("bucket", bucket), ("count", String(count)),
+                       ("first seen", Format.date(firstSeen)), ("last seen", Format.date(lastSeen))])
+        for (n, s) in samples.enumerated() {
+            Output.line("  sample \(n): part \(s.idx), \(Format.date(s.at))" + (s.file.map { ", input \($0.name) (\(Format.bytes($0.size)))" } ?? ""))
+            if !s.data.isEmpty { Output.line("    \(Format.json(s.data))") }
         }
     }
 }

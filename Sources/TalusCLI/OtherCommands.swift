@@ -81,29 +81,14 @@ struct OSCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List operating systems.")
         @OptionGroup var global: GlobalOptions
         @OptionGroup var list: ListOptions
-
-        func run() async throws {
-            try await withAPI { client in
-                let items = try await client.list("/api/v1/os", query: list.query([]), limit: list.max, as: OSDocument.self)
-                if global.json { try Output.json(items); return }
-                Output.table(["ID", "NAME", "FAMILY", "VERSION", "ARCH"], items.map { [$0.id.hex, $0.name, $0.family.rawValue, $0.version ?? "-", $0.arch] })
-            }
-        }
+        func run() async throws { try await Listing.list(OSDocument.self, global, list) }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show an os.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Name or id.") var os: String
-
-        func run() async throws {
-            try await withAPI { client in
-                let o = try await client.get("/api/v1/os/\(try await client.resolve("os", os, what: "os"))", as: OSDocument.self)
-                if global.json { try Output.json(o); return }
-                Output.fields([("id", o.id.hex), ("name", o.name), ("family", o.family.rawValue), ("version", o.version ?? "-"),
-                               ("arch", o.arch), ("tags", o.tags.joined(separator: ", "))])
-            }
-        }
+        func run() async throws { try await Listing.show(OSDocument.self, os, global) }
     }
 
     struct Delete: AsyncParsableCommand {
@@ -111,10 +96,20 @@ struct OSCommand: AsyncParsableCommand {
         @Argument(help: "Name or id.") var os: String
         func run() async throws {
             try await withAPI { client in
-                _ = try await client.raw(.DELETE, "/api/v1/os/\(try await client.resolve("os", os, what: "os"))")
+                _ = try await client.raw(.DELETE, "/api/v1/os/\(try await client.resolve(OSDocument.self, os))")
                 Output.line("os \(os) deleted")
             }
         }
+    }
+}
+
+extension OSDocument: ShownResource {
+    static let apiPath = "os", what = "os", filterKeys: Set<String> = ["tag"]
+    static let columns = ["ID", "NAME", "FAMILY", "VERSION", "ARCH"]
+    var row: [String] { [id.hex, name, family.rawValue, version ?? "-", arch] }
+    func printDetails(client: APIClient) {
+        Output.fields([("id", id.hex), ("name", name), ("family", family.rawValue), ("version", version ?? "-"),
+                       ("arch", arch), ("tags", tags.joined(separator: ", "))])
     }
 }
 
@@ -126,35 +121,14 @@ struct SlaveCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List slaves.")
         @OptionGroup var global: GlobalOptions
         @OptionGroup var list: ListOptions
-
-        func run() async throws {
-            try await withAPI { client in
-                let items = try await client.list("/api/v1/slaves", query: list.query([]), limit: list.max, as: SlaveDocument.self)
-                if global.json { try Output.json(items); return }
-                Output.table(["ID", "HOSTNAME", "STATUS", "RUNNING", "CAPACITY", "HEARTBEAT", "VERSION"], items.map {
-                    [$0.id.hex, $0.hostname, $0.status.name.rawValue, String($0.running.count), "\($0.capacity.vms) VMs, \($0.capacity.memoryMB) MiB",
-                     Format.ago($0.lastHeartbeat), $0.version]
-                })
-            }
-        }
+        func run() async throws { try await Listing.list(SlaveDocument.self, global, list) }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a slave and the parts it runs.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Hostname or id.") var slave: String
-
-        func run() async throws {
-            try await withAPI { client in
-                let id = try await client.resolve("slaves", slave, field: "hostname", what: "slave")
-                let s = try await client.get("/api/v1/slaves/\(id)", as: SlaveDocument.self)
-                if global.json { try Output.json(s); return }
-                Output.fields([("id", s.id.hex), ("uuid", s.uuid), ("hostname", s.hostname), ("address", s.address ?? "-"),
-                               ("status", s.status.name.rawValue), ("capacity", "\(s.capacity.vms) VMs, \(s.capacity.memoryMB) MiB"),
-                               ("heartbeat", Format.ago(s.lastHeartbeat)), ("version", s.version)])
-                for p in s.running { Output.line("  job \(p.job.hex) part \(p.idx) attempt \(p.attempt) since \(Format.ago(p.since))") }
-            }
-        }
+        func run() async throws { try await Listing.show(SlaveDocument.self, slave, global) }
     }
 
     struct Drain: AsyncParsableCommand {
@@ -164,11 +138,26 @@ struct SlaveCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await withAPI { client in
-                let id = try await client.resolve("slaves", slave, field: "hostname", what: "slave")
+                let id = try await client.resolve(SlaveDocument.self, slave)
                 let s = try await client.json(.PATCH, "/api/v1/slaves/\(id)", body: ["status": "drain"] as BSONDocument, as: SlaveDocument.self)
                 if global.json { try Output.json(s) } else { Output.line("slave \(s.hostname): drain requested") }
             }
         }
+    }
+}
+
+extension SlaveDocument: ShownResource {
+    static let apiPath = "slaves", what = "slave", filterKeys: Set<String> = ["tag"]
+    static var nameField: String? { "hostname" }
+    static let columns = ["ID", "HOSTNAME", "STATUS", "RUNNING", "CAPACITY", "HEARTBEAT", "VERSION"]
+    var row: [String] {
+        [id.hex, hostname, status.name.rawValue, String(running.count), "\(capacity.vms) VMs, \(capacity.memoryMB) MiB", Format.ago(lastHeartbeat), version]
+    }
+    func printDetails(client: APIClient) {
+        Output.fields([("id", id.hex), ("uuid", uuid), ("hostname", hostname), ("address", address ?? "-"),
+                       ("status", status.name.rawValue), ("capacity", "\(capacity.vms) VMs, \(capacity.memoryMB) MiB"),
+                       ("heartbeat", Format.ago(lastHeartbeat)), ("version", version)])
+        for p in running { Output.line("  job \(p.job.hex) part \(p.idx) attempt \(p.attempt) since \(Format.ago(p.since))") }
     }
 }
 
@@ -209,15 +198,8 @@ struct FileCommand: AsyncParsableCommand {
         @Flag(help: "Only mine.") var mine = false
 
         func run() async throws {
-            try await withAPI { client in
-                let jobId = try await job.asyncMapCLI { try await client.resolve("jobs", $0, what: "job") }
-                let items = try await client.list("/api/v1/files", query: list.query([("filename", name), ("job", jobId), ("owner", mine ? "me" : nil)]),
-                                                  limit: list.max, as: StoredFileDocument.self)
-                if global.json { try Output.json(items); return }
-                Output.table(["ID", "NAME", "SIZE", "UPLOADED", "SHA256"], items.map {
-                    [$0.id.hex, $0.filename, Format.bytes($0.length), Format.date($0.uploadDate), String($0.metadata.sha256.prefix(16))]
-                })
-            }
+            try await Listing.list(StoredFileDocument.self, global, list,
+                                   filters: [.field("filename", name), .reference("job", job, JobDocument.self), .mine(mine)])
         }
     }
 
@@ -251,6 +233,13 @@ struct FileCommand: AsyncParsableCommand {
             }
         }
     }
+}
+
+extension StoredFileDocument: ListedResource {
+    static let apiPath = "files", what = "file", filterKeys: Set<String> = ["filename", "job", "owner", "tag"]
+    static var nameField: String? { nil }
+    static let columns = ["ID", "NAME", "SIZE", "UPLOADED", "SHA256"]
+    var row: [String] { [id.hex, filename, Format.bytes(length), Format.date(uploadDate), String(metadata.sha256.prefix(16))] }
 }
 
 extension APIClient {
@@ -291,32 +280,14 @@ struct FileSetCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List filesets.")
         @OptionGroup var global: GlobalOptions
         @OptionGroup var list: ListOptions
-
-        func run() async throws {
-            try await withAPI { client in
-                let items = try await client.list("/api/v1/filesets", query: list.query([]), limit: list.max, as: FileSetDocument.self)
-                if global.json { try Output.json(items); return }
-                Output.table(["ID", "NAME", "FILES", "SIZE", "CREATED"], items.map {
-                    [$0.id.hex, $0.name, String($0.files.count), Format.bytes($0.files.reduce(0) { $0 + $1.size }), Format.date($0.created)]
-                })
-            }
-        }
+        func run() async throws { try await Listing.list(FileSetDocument.self, global, list) }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a fileset and its files.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Name or id.") var fileset: String
-
-        func run() async throws {
-            try await withAPI { client in
-                let s = try await client.get("/api/v1/filesets/\(try await client.resolve("filesets", fileset, what: "fileset"))", as: FileSetDocument.self)
-                if global.json { try Output.json(s); return }
-                Output.fields([("id", s.id.hex), ("name", s.name), ("description", s.description ?? "-"), ("files", String(s.files.count)),
-                               ("owner", s.owner?.hex ?? "-"), ("created", Format.date(s.created))])
-                Output.table(["FILE", "NAME", "SIZE", "SHA256"], s.files.map { [$0.id.hex, $0.name, Format.bytes($0.size), String($0.sha256.prefix(16))] })
-            }
-        }
+        func run() async throws { try await Listing.show(FileSetDocument.self, fileset, global) }
     }
 
     struct Delete: AsyncParsableCommand {
@@ -324,10 +295,21 @@ struct FileSetCommand: AsyncParsableCommand {
         @Argument(help: "Name or id.") var fileset: String
         func run() async throws {
             try await withAPI { client in
-                _ = try await client.raw(.DELETE, "/api/v1/filesets/\(try await client.resolve("filesets", fileset, what: "fileset"))")
+                _ = try await client.raw(.DELETE, "/api/v1/filesets/\(try await client.resolve(FileSetDocument.self, fileset))")
                 Output.line("fileset \(fileset) deleted")
             }
         }
+    }
+}
+
+extension FileSetDocument: ShownResource {
+    static let apiPath = "filesets", what = "fileset", filterKeys: Set<String> = ["tag"]
+    static let columns = ["ID", "NAME", "FILES", "SIZE", "CREATED"]
+    var row: [String] { [id.hex, name, String(files.count), Format.bytes(files.reduce(0) { $0 + $1.size }), Format.date(created)] }
+    func printDetails(client: APIClient) {
+        Output.fields([("id", id.hex), ("name", name), ("description", description ?? "-"), ("files", String(files.count)),
+                       ("owner", owner?.hex ?? "-"), ("created", Format.date(created))])
+        Output.table(["FILE", "NAME", "SIZE", "SHA256"], files.map { [$0.id.hex, $0.name, Format.bytes($0.size), String($0.sha256.prefix(16))] })
     }
 }
 
@@ -349,6 +331,14 @@ struct TokenInfo: Codable {
     }
 }
 
+extension TokenInfo: ListedResource {
+    /// The tokens endpoint takes no tag filter: `--tag` is not sent.
+    static let apiPath = "tokens", what = "token", filterKeys: Set<String> = []
+    static var nameField: String? { nil }
+    static let columns = ["ID", "NAME", "USER", "PREFIX", "EXPIRES", "LAST USED"]
+    var row: [String] { [id, name, user, prefix + "…", Format.date(expires), Format.ago(lastUsed)] }
+}
+
 struct TokenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "token", abstract: "API tokens (the secret is shown once, at creation).",
@@ -364,7 +354,7 @@ struct TokenCommand: AsyncParsableCommand {
         func run() async throws {
             try await withAPI { client in
                 var body: BSONDocument = ["name": .string(name)]
-                if let user { body["user"] = .string(try await client.resolve("users", user, what: "user")) }
+                if let user { body["user"] = .string(try await client.resolve(UserDocument.self, user)) }
                 if let expiresDays { body["expires_in_days"] = .int64(Int64(expiresDays)) }
                 let t = try await client.json(.POST, "/api/v1/tokens", body: body, as: TokenInfo.self)
                 if global.json { try Output.json(t); return }
@@ -377,16 +367,7 @@ struct TokenCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List tokens (yours; admins see all).")
         @OptionGroup var global: GlobalOptions
         @OptionGroup var list: ListOptions
-
-        func run() async throws {
-            try await withAPI { client in
-                let items = try await client.list("/api/v1/tokens", query: [], limit: list.max, as: TokenInfo.self)
-                if global.json { try Output.json(items); return }
-                Output.table(["ID", "NAME", "USER", "PREFIX", "EXPIRES", "LAST USED"], items.map {
-                    [$0.id, $0.name, $0.user, $0.prefix + "…", Format.date($0.expires), Format.ago($0.lastUsed)]
-                })
-            }
-        }
+        func run() async throws { try await Listing.list(TokenInfo.self, global, list) }
     }
 
     struct Revoke: AsyncParsableCommand {
@@ -424,32 +405,14 @@ struct UserCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List users.")
         @OptionGroup var global: GlobalOptions
         @OptionGroup var list: ListOptions
-
-        func run() async throws {
-            try await withAPI { client in
-                let items = try await client.list("/api/v1/users", query: list.query([]), limit: list.max, as: UserDocument.self)
-                if global.json { try Output.json(items); return }
-                Output.table(["ID", "NAME", "ROLE", "DISABLED", "CREATED"], items.map {
-                    [$0.id.hex, $0.name, $0.role.rawValue, $0.disabled ? "yes" : "no", Format.date($0.created)]
-                })
-            }
-        }
+        func run() async throws { try await Listing.list(UserDocument.self, global, list) }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a user (`me` for yourself).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Name, id or me.") var user: String
-
-        func run() async throws {
-            try await withAPI { client in
-                let path = user == "me" ? "/api/v1/users/me" : "/api/v1/users/\(try await client.resolve("users", user, what: "user"))"
-                let u = try await client.get(path, as: UserDocument.self)
-                if global.json { try Output.json(u); return }
-                Output.fields([("id", u.id.hex), ("name", u.name), ("role", u.role.rawValue), ("disabled", u.disabled ? "yes" : "no"),
-                               ("created", Format.date(u.created))])
-            }
-        }
+        func run() async throws { try await Listing.show(UserDocument.self, user, global) }
     }
 
     struct Update: AsyncParsableCommand {
@@ -467,7 +430,7 @@ struct UserCommand: AsyncParsableCommand {
                 if let role { body["role"] = .string(role) }
                 if disable { body["disabled"] = true }
                 if enable { body["disabled"] = false }
-                let u = try await client.json(.PATCH, "/api/v1/users/\(try await client.resolve("users", user, what: "user"))", body: body, as: UserDocument.self)
+                let u = try await client.json(.PATCH, "/api/v1/users/\(try await client.resolve(UserDocument.self, user))", body: body, as: UserDocument.self)
                 if global.json { try Output.json(u) } else { Output.line("user \(u.name): role \(u.role.rawValue)\(u.disabled ? ", disabled" : "")") }
             }
         }
@@ -478,9 +441,23 @@ struct UserCommand: AsyncParsableCommand {
         @Argument(help: "Name or id.") var user: String
         func run() async throws {
             try await withAPI { client in
-                _ = try await client.raw(.DELETE, "/api/v1/users/\(try await client.resolve("users", user, what: "user"))")
+                _ = try await client.raw(.DELETE, "/api/v1/users/\(try await client.resolve(UserDocument.self, user))")
                 Output.line("user \(user) deleted")
             }
         }
+    }
+}
+
+extension UserDocument: ShownResource {
+    static let apiPath = "users", what = "user", filterKeys: Set<String> = ["tag"]
+    static let columns = ["ID", "NAME", "ROLE", "DISABLED", "CREATED"]
+    var row: [String] { [id.hex, name, role.rawValue, disabled ? "yes" : "no", Format.date(created)] }
+    func printDetails(client: APIClient) {
+        Output.fields([("id", id.hex), ("name", name), ("role", role.rawValue), ("disabled", disabled ? "yes" : "no"),
+                       ("created", Format.date(created))])
+    }
+    /// `me` is the caller.
+    static func path(of argument: String, client: APIClient) async throws -> String {
+        argument == "me" ? "/api/v1/users/me" : "/api/v1/users/\(try await client.resolve(Self.self, argument))"
     }
 }
