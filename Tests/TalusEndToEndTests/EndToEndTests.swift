@@ -239,7 +239,12 @@ struct EndToEndTests {
             try await runs(c, job: job.id).allSatisfy { $0.state != .running || $0.id == killedRun.id }
         }
         let all = try await runs(c, job: job.id)
-        let table = all.map { "\($0.idx) \($0.slave == victim.id ? victim.name : survivor.name) \($0.state) progress \($0.progress)" }
+        // A failed run shows why (its reason and serial tail): once the cluster stops, its run
+        // directory is gone.
+        let table = all.map {
+            "\($0.idx) \($0.slave == victim.id ? victim.name : survivor.name) \($0.state) progress \($0.progress)"
+                + ($0.state == .failed ? " reason \($0.reason ?? "-") serial …\(String(($0.serialTail ?? "").suffix(600)))" : "")
+        }
         note("runs of the kill job: \(table)")
         #expect(all.filter { [.finished, .cancelled].contains($0.state) }.map(\.progress).reduce(0, +) == 2, "\(table)")
         let killed = all.first { $0.id == killedRun.id }
