@@ -35,8 +35,11 @@ enum Format {
         return duration(s) + " ago"
     }
 
-    /// A BSON document as compact JSON.
-    static func json(_ doc: BSONDocument) -> String { doc.extendedJSON(.relaxed) }
+    /// A document as one line of JSON, its top-level keys sorted: a document decoded from the
+    /// API's JSON has its keys in no fixed order, and `show` should print the same every time.
+    static func json(_ doc: BSONDocument) -> String {
+        BSONDocument(doc.keys.sorted().map { ($0, doc[$0]!) }).extendedJSON(.relaxed)
+    }
 }
 
 /// Writes command output to stdout.
