@@ -261,7 +261,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TalusSlaveTests",
-            dependencies: ["TalusSlave", "TalusTestSupport", "AMQP", "Libvirt", "TalusModel", "TalusCore"],
+            dependencies: ["TalusSlave", "TalusTestSupport", "TalusAPITestSupport", "AMQP", "Libvirt", "TalusModel", "TalusCore"],
             swiftSettings: swiftSettings
         ),
         // Units, provisioning, configuration reference, notify protocol and metrics of the built

@@ -1,6 +1,7 @@
 // Downloads from the Talus API (DESIGN §7, §9): streamed to a file and hashed (sha256) on the way,
 // resumed with `Range` after an interruption, verified against the server's `X-Talus-SHA256`.
-// Writing and hashing run on NIO's thread pool, overlapped with receiving the next bytes.
+// Hashing and writing run on NIO's thread pool, side by side and overlapped with receiving the
+// next bytes; dirty pages are flushed in the background while the download goes on.
 
 import AsyncHTTPClient
 import Crypto
@@ -26,8 +27,10 @@ public struct APIDownloader: Sendable {
     let logger: Logger
     /// Attempts per download (each resumes where the previous one stopped).
     public var maxAttempts = 6
-    /// Bytes gathered before one write+hash step on the thread pool.
+    /// Bytes gathered before one write and one hash step on the thread pool.
     public var batchBytes = 1 << 20
+    /// Batches received but not yet both hashed and written; past this, reading waits.
+    public var maxBatchesInFlight = 8
 
     public init(client: HTTPClient, baseURL: String, token: String?, logger: Logger = Logger(label: "talus.slave.download")) {
         self.client = client
@@ -119,21 +122,31 @@ public struct APIDownloader: Sendable {
         } else {
             try? FileManager.default.removeItem(atPath: etagPath)
         }
-        var batch = ByteBuffer()
-        var pending: Task<Void, any Error>?
-        for try await chunk in response.body {
-            var chunk = chunk
-            onBytes(chunk.readableBytes)
-            batch.writeBuffer(&chunk)
-            if batch.readableBytes >= batchBytes {
-                try await pending?.value
-                let full = batch
-                pending = Task { try await sink.append(full) }
-                batch = ByteBuffer()
+        // The pipeline: the body's chunks are gathered (not copied) into batches; each batch is
+        // hashed on one ordered chain and written on another, both on NIO's thread pool, while
+        // the loop keeps receiving. At most `maxBatchesInFlight` batches are held: past that the
+        // loop waits, which stops reading from the socket (backpressure).
+        var pipeline = SinkPipeline(sink: sink, depth: maxBatchesInFlight)
+        do {
+            var batch: [ByteBuffer] = []
+            var batchSize = 0
+            for try await chunk in response.body {
+                onBytes(chunk.readableBytes)
+                batchSize += chunk.readableBytes
+                batch.append(chunk)
+                if batchSize >= batchBytes {
+                    try await pipeline.submit(batch)
+                    batch = []
+                    batchSize = 0
+                }
             }
+            if batchSize > 0 { try await pipeline.submit(batch) }
+            try await pipeline.drain()
+        } catch {
+            // Nothing may touch the file once this returns.
+            await pipeline.abandon()
+            throw error
         }
-        try await pending?.value
-        if batch.readableBytes > 0 { try await sink.append(batch) }
         let (hex, size) = try await sink.finish()
         if let length = response.headers.first(name: "Content-Length").flatMap(Int64.init),
            size != (response.status.code == 206 ? have + length : length) {
@@ -148,14 +161,24 @@ public struct APIDownloader: Sendable {
     }
 }
 
-/// A file being written and hashed; every operation runs on NIO's thread pool, one at a time.
+/// A file being written and hashed. Hashing and writing are separate steps so that they can run
+/// on two threads at once; `SinkPipeline` keeps each kind in order.
 final class HashingFileSink: @unchecked Sendable {
-    // Guarded by the callers' sequencing: `APIDownloader` awaits each operation before the next.
+    // `hasher` is touched only by hash steps, `fd`'s position and `written` only by write steps;
+    // `SinkPipeline` runs the steps of each kind one at a time, in order, and `restart`,
+    // `hashExisting` and `finish` run only when no step is in flight (the caller awaits them).
+    // `flushedUpTo`, `flushing` and closing `fd` are guarded by `flushLock`.
     private var fd: Int32
     private var hasher = SHA256()
     private var written: Int64 = 0
+    private let flushLock = NSLock()
+    private var flushing = false
+    private var flushedUpTo: Int64 = 0
     let path: String
     let existingBytes: Int64
+    /// Dirty bytes past which a background `fdatasync` starts (write-behind), so that the final
+    /// `fsync` finds little left to write.
+    var writeBehindBytes: Int64 = 64 << 20
 
     init(path: String) throws {
         self.path = path
@@ -167,7 +190,9 @@ final class HashingFileSink: @unchecked Sendable {
     }
 
     func close() {
-        if fd >= 0 { Glibc.close(fd); fd = -1 }
+        flushLock.withLock {
+            if fd >= 0 { Glibc.close(fd); fd = -1 }
+        }
     }
 
     private func onPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
@@ -181,6 +206,7 @@ final class HashingFileSink: @unchecked Sendable {
             lseek(fd, 0, SEEK_SET)
             hasher = SHA256()
             written = 0
+            flushLock.withLock { flushedUpTo = 0 }
         }
     }
 
@@ -201,21 +227,49 @@ final class HashingFileSink: @unchecked Sendable {
                 written += Int64(n)
             }
             lseek(fd, off_t(written), SEEK_SET)
+            flushLock.withLock { flushedUpTo = written }
         }
     }
 
-    func append(_ buffer: ByteBuffer) async throws {
+    /// Adds `buffers` to the hash (one hash step).
+    func hash(_ buffers: [ByteBuffer]) async throws {
         try await onPool { [self] in
-            try buffer.withUnsafeReadableBytes { bytes in
-                hasher.update(bufferPointer: bytes)
-                var offset = 0
-                while offset < bytes.count {
-                    let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                    if n < 0 { if errno == EINTR { continue }; throw POSIXErrorWithPath(errno: errno, path: path) }
-                    offset += n
+            for buffer in buffers { buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
+        }
+    }
+
+    /// Appends `buffers` to the file (one write step); starts a background flush of what is
+    /// dirty once that passes `writeBehindBytes`.
+    func write(_ buffers: [ByteBuffer]) async throws {
+        let end: Int64 = try await onPool { [self] in
+            for buffer in buffers {
+                try buffer.withUnsafeReadableBytes { bytes in
+                    var offset = 0
+                    while offset < bytes.count {
+                        let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                        if n < 0 { if errno == EINTR { continue }; throw POSIXErrorWithPath(errno: errno, path: path) }
+                        offset += n
+                    }
                 }
-                written += Int64(bytes.count)
+                written += Int64(buffer.readableBytes)
             }
+            return written
+        }
+        let start = flushLock.withLock { () -> Bool in
+            guard !flushing, end - flushedUpTo >= writeBehindBytes else { return false }
+            flushing = true
+            return true
+        }
+        guard start else { return }
+        // Not awaited: the disk catches up while the download goes on (`finish`'s fsync writes
+        // whatever is left). A duplicate descriptor, so that `close` may run meanwhile.
+        let copy = flushLock.withLock { fd >= 0 ? dup(fd) : -1 }
+        guard copy >= 0 else { flushLock.withLock { flushing = false }; return }
+        // A thread of its own: on NIO's pool it would hold up one of the hash and write steps.
+        Thread.detachNewThread { [self] in
+            _ = fdatasync(copy)
+            Glibc.close(copy)
+            flushLock.withLock { flushedUpTo = max(flushedUpTo, end); flushing = false }
         }
     }
 
@@ -225,5 +279,54 @@ final class HashingFileSink: @unchecked Sendable {
             guard fsync(fd) == 0 else { throw POSIXErrorWithPath(errno: errno, path: path) }
             return (hexString(hasher.finalize()), written)
         }
+    }
+}
+
+/// Batches on their way into a `HashingFileSink`: each is hashed and written by two ordered
+/// chains of steps that run side by side; at most `depth` batches are held at once.
+struct SinkPipeline {
+    let sink: HashingFileSink
+    let depth: Int
+    private var hashTail: Task<Void, any Error>?
+    private var writeTail: Task<Void, any Error>?
+    private var inFlight: [(hash: Task<Void, any Error>, write: Task<Void, any Error>)] = []
+
+    init(sink: HashingFileSink, depth: Int) {
+        self.sink = sink
+        self.depth = max(1, depth)
+    }
+
+    /// Queues `batch`; waits first while `depth` batches are in flight.
+    mutating func submit(_ batch: [ByteBuffer]) async throws {
+        while inFlight.count >= depth {
+            let oldest = inFlight.removeFirst()
+            try await oldest.hash.value
+            try await oldest.write.value
+        }
+        let sink = self.sink
+        let previousHash = hashTail, previousWrite = writeTail
+        let hash = Task { try await previousHash?.value; try await sink.hash(batch) }
+        let write = Task { try await previousWrite?.value; try await sink.write(batch) }
+        hashTail = hash
+        writeTail = write
+        inFlight.append((hash, write))
+    }
+
+    /// Waits until every queued batch is hashed and written.
+    mutating func drain() async throws {
+        while !inFlight.isEmpty {
+            let oldest = inFlight.removeFirst()
+            try await oldest.hash.value
+            try await oldest.write.value
+        }
+    }
+
+    /// Waits until no step runs any more, ignoring their errors.
+    mutating func abandon() async {
+        for step in inFlight {
+            _ = try? await step.hash.value
+            _ = try? await step.write.value
+        }
+        inFlight.removeAll()
     }
 }
