@@ -1,6 +1,7 @@
 // Downloads from the Talus API (DESIGN §7, §9): streamed to a file and hashed (sha256) on the way,
 // resumed with `Range` after an interruption, verified against the server's `X-Talus-SHA256`.
-// Hashing and writing run on NIO's thread pool, side by side and overlapped with receiving the
+// The body is taken on the connection's event loop (no hop per chunk) into 1 MiB batches, which
+// are hashed and written on NIO's thread pool, side by side and overlapped with receiving the
 // next bytes; dirty pages are flushed in the background while the download goes on.
 
 import AsyncHTTPClient
@@ -8,6 +9,7 @@ import Crypto
 import Foundation
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import TalusCore
 
@@ -83,7 +85,7 @@ public struct APIDownloader: Sendable {
         let etagPath = partialPath + ".etag"
         let sink = try HashingFileSink(path: partialPath)
         defer { sink.close() }
-        var request = HTTPClientRequest(url: url)
+        var request = try HTTPClient.Request(url: url)
         if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         let have = sink.existingBytes
         let etag = (try? String(contentsOfFile: etagPath, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -91,73 +93,110 @@ public struct APIDownloader: Sendable {
             request.headers.add(name: "Range", value: "bytes=\(have)-")
             request.headers.add(name: "If-Range", value: etag)
         }
-        let response = try await client.execute(request, timeout: .hours(12))
-        switch response.status.code {
-        case 200:
-            try await sink.restart()
-        case 206:
-            guard let range = response.headers.first(name: "Content-Range"), range.hasPrefix("bytes \(have)-") else {
-                throw DownloadError("\(url): unexpected Content-Range \(response.headers.first(name: "Content-Range") ?? "none")")
-            }
-            try await sink.hashExisting()
-            logger.info("resuming download", metadata: ["url": "\(url)", "offset": "\(have)"])
-        case 401, 403:
-            throw DownloadError("\(url): the API refused the slave's token (HTTP \(response.status.code)); check api.token", permanent: true)
-        case 404:
-            throw DownloadError("\(url): not found on the API (HTTP 404)", permanent: true)
-        case 416:
-            // Our partial file is longer than the server's: start over.
-            try await sink.restart()
-            try? FileManager.default.removeItem(atPath: etagPath)
-            throw DownloadError("\(url): range not satisfiable; starting over")
-        default:
-            throw DownloadError("\(url): HTTP \(response.status.code)", permanent: (400..<500).contains(response.status.code))
-        }
-        let announced = response.headers.first(name: "X-Talus-SHA256")?.lowercased()
-        if let announced, let expectedSHA256, announced != expectedSHA256 {
-            throw DownloadError("\(url): the API serves a file with sha256 \(announced), the part expects \(expectedSHA256)", permanent: true)
-        }
-        if let newTag = response.headers.first(name: "ETag") {
-            try? newTag.write(toFile: etagPath, atomically: true, encoding: .utf8)
-        } else {
-            try? FileManager.default.removeItem(atPath: etagPath)
-        }
-        // The pipeline: the body's chunks are gathered (not copied) into batches; each batch is
-        // hashed on one ordered chain and written on another, both on NIO's thread pool, while
-        // the loop keeps receiving. At most `maxBatchesInFlight` batches are held: past that the
-        // loop waits, which stops reading from the socket (backpressure).
-        var pipeline = SinkPipeline(sink: sink, depth: maxBatchesInFlight)
+        // The body is handled on the connection's event loop (`BodyToSink`): chunks go into
+        // batches there, with no hop per chunk; the batches are hashed and written on the
+        // thread pool. The head comes here first and the body waits until the sink is ready.
+        let eventLoop = client.eventLoopGroup.next()
+        let delegate = BodyToSink(sink: sink, eventLoop: eventLoop, batchBytes: batchBytes, depth: maxBatchesInFlight, onBytes: onBytes)
+        let task = client.execute(request: request, delegate: delegate, eventLoop: .delegateAndChannel(on: eventLoop),
+                                  deadline: .now() + .hours(12))
         do {
-            var batch: [ByteBuffer] = []
-            var batchSize = 0
-            for try await chunk in response.body {
-                onBytes(chunk.readableBytes)
-                batchSize += chunk.readableBytes
-                batch.append(chunk)
-                if batchSize >= batchBytes {
-                    try await pipeline.submit(batch)
-                    batch = []
-                    batchSize = 0
+            let head = try await delegate.head.futureResult.get()
+            let headers = head.headers
+            switch head.status.code {
+            case 200:
+                try await sink.restart()
+            case 206:
+                guard let range = headers.first(name: "Content-Range"), range.hasPrefix("bytes \(have)-") else {
+                    throw DownloadError("\(url): unexpected Content-Range \(headers.first(name: "Content-Range") ?? "none")")
                 }
+                try await sink.hashExisting()
+                logger.info("resuming download", metadata: ["url": "\(url)", "offset": "\(have)"])
+            case 401, 403:
+                throw DownloadError("\(url): the API refused the slave's token (HTTP \(head.status.code)); check api.token", permanent: true)
+            case 404:
+                throw DownloadError("\(url): not found on the API (HTTP 404)", permanent: true)
+            case 416:
+                // Our partial file is longer than the server's: start over.
+                try await sink.restart()
+                try? FileManager.default.removeItem(atPath: etagPath)
+                throw DownloadError("\(url): range not satisfiable; starting over")
+            default:
+                throw DownloadError("\(url): HTTP \(head.status.code)", permanent: (400..<500).contains(head.status.code))
             }
-            if batchSize > 0 { try await pipeline.submit(batch) }
-            try await pipeline.drain()
+            let announced = headers.first(name: "X-Talus-SHA256")?.lowercased()
+            if let announced, let expectedSHA256, announced != expectedSHA256 {
+                throw DownloadError("\(url): the API serves a file with sha256 \(announced), the part expects \(expectedSHA256)", permanent: true)
+            }
+            if let newTag = headers.first(name: "ETag") {
+                try? newTag.write(toFile: etagPath, atomically: true, encoding: .utf8)
+            } else {
+                try? FileManager.default.removeItem(atPath: etagPath)
+            }
+            delegate.proceed.succeed(())
+            try await withTaskCancellationHandler {
+                try await task.futureResult.get()
+            } onCancel: {
+                task.cancel()
+            }
+            try await eventLoop.flatSubmit { delegate.pipeline.finish() }.get()
+            let (hex, size) = try await sink.finish()
+            if let length = headers.first(name: "Content-Length").flatMap(Int64.init),
+               size != (head.status.code == 206 ? have + length : length) {
+                throw DownloadError("\(url): connection ended after \(size) bytes")
+            }
+            if let announced, announced != hex {
+                try await sink.restart()
+                throw DownloadError("\(url): received bytes have sha256 \(hex), the API announced \(announced)")
+            }
+            try? FileManager.default.removeItem(atPath: etagPath)
+            return (hex, size)
         } catch {
-            // Nothing may touch the file once this returns.
-            await pipeline.abandon()
+            // Stop the transfer, and let no step touch the file once this returns.
+            delegate.proceed.fail(error)
+            task.cancel()
+            _ = try? await task.futureResult.get()
+            try? await eventLoop.flatSubmit { delegate.pipeline.quiesce() }.get()
             throw error
         }
-        let (hex, size) = try await sink.finish()
-        if let length = response.headers.first(name: "Content-Length").flatMap(Int64.init),
-           size != (response.status.code == 206 ? have + length : length) {
-            throw DownloadError("\(url): connection ended after \(size) bytes")
-        }
-        if let announced, announced != hex {
-            try await sink.restart()
-            throw DownloadError("\(url): received bytes have sha256 \(hex), the API announced \(announced)")
-        }
-        try? FileManager.default.removeItem(atPath: etagPath)
-        return (hex, size)
+    }
+}
+
+/// The response of one download on its event loop: the head is handed to the downloader, which
+/// says when the body may flow (`proceed`); body chunks go into `pipeline`.
+final class BodyToSink: HTTPClientResponseDelegate, @unchecked Sendable {
+    typealias Response = Void
+    // AsyncHTTPClient calls a delegate on its task's event loop (`.delegateAndChannel(on:)`);
+    // `pipeline` lives on that loop too; `head` and `proceed` are promises (thread-safe).
+    let head: EventLoopPromise<HTTPResponseHead>
+    let proceed: EventLoopPromise<Void>
+    let pipeline: SinkPipeline
+    private let onBytes: @Sendable (Int) -> Void
+
+    init(sink: HashingFileSink, eventLoop: any EventLoop, batchBytes: Int, depth: Int, onBytes: @escaping @Sendable (Int) -> Void) {
+        head = eventLoop.makePromise()
+        proceed = eventLoop.makePromise()
+        pipeline = SinkPipeline(sink: sink, eventLoop: eventLoop, batchBytes: batchBytes, depth: depth)
+        self.onBytes = onBytes
+    }
+
+    func didReceiveHead(task: HTTPClient.Task<Void>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
+        self.head.succeed(head)
+        return proceed.futureResult
+    }
+
+    func didReceiveBodyPart(task: HTTPClient.Task<Void>, _ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        onBytes(buffer.readableBytes)
+        return pipeline.add(buffer)
+    }
+
+    func didReceiveError(task: HTTPClient.Task<Void>, _ error: any Error) {
+        head.fail(error)
+    }
+
+    func didFinishRequest(task: HTTPClient.Task<Void>) throws {
+        // A request that ended before its head (cannot happen with HTTP/1) leaves no waiter behind.
+        head.fail(DownloadError("the response ended without a head"))
     }
 }
 
@@ -231,41 +270,36 @@ final class HashingFileSink: @unchecked Sendable {
         }
     }
 
-    /// Adds `buffers` to the hash (one hash step).
-    func hash(_ buffers: [ByteBuffer]) async throws {
-        try await onPool { [self] in
-            for buffer in buffers { buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
-        }
+    /// Adds `buffers` to the hash (one hash step; blocking).
+    func hash(_ buffers: [ByteBuffer]) {
+        for buffer in buffers { buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
     }
 
-    /// Appends `buffers` to the file (one write step); starts a background flush of what is
-    /// dirty once that passes `writeBehindBytes`.
-    func write(_ buffers: [ByteBuffer]) async throws {
-        let end: Int64 = try await onPool { [self] in
-            for buffer in buffers {
-                try buffer.withUnsafeReadableBytes { bytes in
-                    var offset = 0
-                    while offset < bytes.count {
-                        let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                        if n < 0 { if errno == EINTR { continue }; throw POSIXErrorWithPath(errno: errno, path: path) }
-                        offset += n
-                    }
+    /// Appends `buffers` to the file (one write step; blocking); starts a background flush of
+    /// what is dirty once that passes `writeBehindBytes`.
+    func write(_ buffers: [ByteBuffer]) throws {
+        for buffer in buffers {
+            try buffer.withUnsafeReadableBytes { bytes in
+                var offset = 0
+                while offset < bytes.count {
+                    let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                    if n < 0 { if errno == EINTR { continue }; throw POSIXErrorWithPath(errno: errno, path: path) }
+                    offset += n
                 }
-                written += Int64(buffer.readableBytes)
             }
-            return written
+            written += Int64(buffer.readableBytes)
         }
-        let start = flushLock.withLock { () -> Bool in
-            guard !flushing, end - flushedUpTo >= writeBehindBytes else { return false }
-            flushing = true
-            return true
+        let end = written
+        let copy = flushLock.withLock { () -> Int32 in
+            guard !flushing, end - flushedUpTo >= writeBehindBytes, fd >= 0 else { return -1 }
+            let copy = dup(fd)
+            flushing = copy >= 0
+            return copy
         }
-        guard start else { return }
+        guard copy >= 0 else { return }
         // Not awaited: the disk catches up while the download goes on (`finish`'s fsync writes
-        // whatever is left). A duplicate descriptor, so that `close` may run meanwhile.
-        let copy = flushLock.withLock { fd >= 0 ? dup(fd) : -1 }
-        guard copy >= 0 else { flushLock.withLock { flushing = false }; return }
-        // A thread of its own: on NIO's pool it would hold up one of the hash and write steps.
+        // whatever is left). A duplicate descriptor, so that `close` may run meanwhile; a thread
+        // of its own, so that no hash or write step waits for the disk.
         Thread.detachNewThread { [self] in
             _ = fdatasync(copy)
             Glibc.close(copy)
@@ -282,51 +316,89 @@ final class HashingFileSink: @unchecked Sendable {
     }
 }
 
-/// Batches on their way into a `HashingFileSink`: each is hashed and written by two ordered
-/// chains of steps that run side by side; at most `depth` batches are held at once.
-struct SinkPipeline {
+/// Body chunks on their way into a `HashingFileSink`, on one event loop: gathered (not copied)
+/// into batches of `batchBytes`; each batch is hashed by one ordered chain of steps and written
+/// by another, both on NIO's thread pool, side by side. While `depth` batches are in flight,
+/// `add` returns a future that waits for room (AsyncHTTPClient then stops reading the socket).
+final class SinkPipeline: @unchecked Sendable {
+    // Every member is used on `eventLoop` only (the delegate's calls, the steps' completions).
     let sink: HashingFileSink
+    let eventLoop: any EventLoop
+    let batchBytes: Int
     let depth: Int
-    private var hashTail: Task<Void, any Error>?
-    private var writeTail: Task<Void, any Error>?
-    private var inFlight: [(hash: Task<Void, any Error>, write: Task<Void, any Error>)] = []
+    private let pool = NIOThreadPool.singleton
+    private var batch: [ByteBuffer] = []
+    private var batchSize = 0
+    private var hashTail: EventLoopFuture<Void>
+    private var writeTail: EventLoopFuture<Void>
+    private var inFlight = 0
+    private var failure: (any Error)?
+    private var roomWaiter: EventLoopPromise<Void>?
+    private var idleWaiters: [EventLoopPromise<Void>] = []
 
-    init(sink: HashingFileSink, depth: Int) {
+    init(sink: HashingFileSink, eventLoop: any EventLoop, batchBytes: Int, depth: Int) {
         self.sink = sink
+        self.eventLoop = eventLoop
+        self.batchBytes = max(1, batchBytes)
         self.depth = max(1, depth)
+        hashTail = eventLoop.makeSucceededVoidFuture()
+        writeTail = eventLoop.makeSucceededVoidFuture()
     }
 
-    /// Queues `batch`; waits first while `depth` batches are in flight.
-    mutating func submit(_ batch: [ByteBuffer]) async throws {
-        while inFlight.count >= depth {
-            let oldest = inFlight.removeFirst()
-            try await oldest.hash.value
-            try await oldest.write.value
+    /// Takes a body chunk.
+    func add(_ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        eventLoop.preconditionInEventLoop()
+        if let failure { return eventLoop.makeFailedFuture(failure) }
+        batchSize += buffer.readableBytes
+        batch.append(buffer)
+        guard batchSize >= batchBytes else { return eventLoop.makeSucceededVoidFuture() }
+        submit()
+        guard inFlight >= depth else { return eventLoop.makeSucceededVoidFuture() }
+        let room = eventLoop.makePromise(of: Void.self)
+        roomWaiter = room
+        return room.futureResult
+    }
+
+    /// Submits what is left and completes once every batch is hashed and written (or fails
+    /// with the first step's error).
+    func finish() -> EventLoopFuture<Void> {
+        eventLoop.preconditionInEventLoop()
+        if batchSize > 0 { submit() }
+        return quiesce().flatMapThrowing { [self] in
+            if let failure { throw failure }
         }
-        let sink = self.sink
-        let previousHash = hashTail, previousWrite = writeTail
-        let hash = Task { try await previousHash?.value; try await sink.hash(batch) }
-        let write = Task { try await previousWrite?.value; try await sink.write(batch) }
+    }
+
+    /// Completes once no step is in flight.
+    func quiesce() -> EventLoopFuture<Void> {
+        eventLoop.preconditionInEventLoop()
+        guard inFlight > 0 else { return eventLoop.makeSucceededVoidFuture() }
+        let idle = eventLoop.makePromise(of: Void.self)
+        idleWaiters.append(idle)
+        return idle.futureResult
+    }
+
+    private func submit() {
+        let buffers = batch, sink = self.sink, pool = self.pool, loop = eventLoop
+        batch = []
+        batchSize = 0
+        let hash = hashTail.flatMap { pool.runIfActive(eventLoop: loop) { sink.hash(buffers) } }
+        let write = writeTail.flatMap { pool.runIfActive(eventLoop: loop) { try sink.write(buffers) } }
         hashTail = hash
         writeTail = write
-        inFlight.append((hash, write))
-    }
-
-    /// Waits until every queued batch is hashed and written.
-    mutating func drain() async throws {
-        while !inFlight.isEmpty {
-            let oldest = inFlight.removeFirst()
-            try await oldest.hash.value
-            try await oldest.write.value
+        inFlight += 1
+        hash.and(write).whenComplete { [self] result in
+            inFlight -= 1
+            if case .failure(let error) = result, failure == nil { failure = error }
+            if let room = roomWaiter, inFlight < depth || failure != nil {
+                roomWaiter = nil
+                if let failure { room.fail(failure) } else { room.succeed(()) }
+            }
+            if inFlight == 0 {
+                let waiters = idleWaiters
+                idleWaiters = []
+                for w in waiters { w.succeed(()) }
+            }
         }
-    }
-
-    /// Waits until no step runs any more, ignoring their errors.
-    mutating func abandon() async {
-        for step in inFlight {
-            _ = try? await step.hash.value
-            _ = try? await step.write.value
-        }
-        inFlight.removeAll()
     }
 }
