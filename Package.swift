@@ -117,6 +117,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "_NIOFileSystem", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],
@@ -131,6 +132,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -261,7 +263,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TalusSlaveTests",
-            dependencies: ["TalusSlave", "TalusTestSupport", "AMQP", "Libvirt", "TalusModel", "TalusCore"],
+            dependencies: ["TalusSlave", "TalusTestSupport", "TalusAPITestSupport", "AMQP", "Libvirt", "TalusModel", "TalusCore"],
             swiftSettings: swiftSettings
         ),
         // Units, provisioning, configuration reference, notify protocol and metrics of the built
