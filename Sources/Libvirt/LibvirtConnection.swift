@@ -2,6 +2,11 @@
 // operations that start from a connection (define, create, look up, list).
 
 import CLibvirt
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import Logging
 import NIOPosix
 import Synchronization
@@ -199,13 +204,12 @@ public final class LibvirtConnection: Sendable, CustomStringConvertible {
         }
     }
 
-    /// The domain type to use on this host: `configured` when given (the daemon's setting wins);
-    /// otherwise ``DomainType/kvm`` when libvirt reports KVM domain capabilities, else
-    /// ``DomainType/qemu``.
+    /// The domain type libvirt's capabilities claim: `configured` when given; otherwise
+    /// ``DomainType/kvm`` when libvirt reports KVM domain capabilities, else ``DomainType/qemu``.
     ///
-    /// The probe trusts libvirt: on hosts where `/dev/kvm` exists but KVM guests do not actually run
-    /// (nested or restricted environments), it still answers `kvm`, so such hosts must configure
-    /// `qemu` explicitly.
+    /// This trusts libvirt: where `/dev/kvm` exists but KVM guests do not actually run (nested or
+    /// restricted hosts) it still answers `kvm`. Daemons choosing a type use
+    /// ``probeDomainType(directory:timeout:)``, which boots a guest.
     public func detectDomainType(configured: DomainType? = nil) async -> DomainType {
         if let configured { return configured }
         guard let caps = try? await domainCapabilities(virtType: .kvm),
@@ -213,6 +217,75 @@ public final class LibvirtConnection: Sendable, CustomStringConvertible {
             root.child("domain")?.text.trimmed == "kvm"
         else { return .qemu }
         return .kvm
+    }
+
+    /// The domain type that works on this host, and why.
+    public struct DomainTypeProbe: Sendable, Equatable, CustomStringConvertible {
+        public let type: DomainType
+        public let reason: String
+        public var description: String { "\(type.rawValue): \(reason)" }
+    }
+
+    /// Finds out whether KVM guests run here, defined the way the daemons define theirs
+    /// (through libvirt, `host-passthrough` CPU): a transient KVM domain with no disk must get
+    /// through its firmware (SeaBIOS prints "Booting from" or "No bootable device" on its debug
+    /// port) within `timeout`; otherwise software emulation. A host where libvirt reports no KVM
+    /// answers at once; a usable KVM in about a second. Some hosts have a `/dev/kvm` whose guests
+    /// hang in the firmware, or abort under libvirt ("failed to set MSR") although QEMU alone
+    /// boots.
+    ///
+    /// - Parameter directory: where the firmware's log goes for the duration of the probe; the
+    ///   QEMU process libvirt starts must be able to write there (not a private /tmp).
+    public func probeDomainType(directory: String, timeout: Duration = .seconds(10)) async -> DomainTypeProbe {
+        guard await detectDomainType() == .kvm else {
+            return DomainTypeProbe(type: .qemu, reason: "libvirt reports no KVM; software emulation (slow)")
+        }
+        let fm = FileManager.default
+        let dir = directory + "/kvm-probe-\(UInt32.random(in: 0...UInt32.max))"
+        let log = dir + "/firmware.log"
+        let name = "talus-kvm-probe-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? fm.removeItem(atPath: dir) }
+        do {
+            try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o1777])
+            try fm.setAttributes([.posixPermissions: 0o1777], ofItemAtPath: dir)  // not narrowed by the umask
+        } catch {
+            return DomainTypeProbe(type: .qemu, reason: "cannot create the KVM probe's directory \(dir): \(error); software emulation (slow)")
+        }
+        let xml = """
+            <domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+              <name>\(name.xmlEscaped)</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+              <os><type arch='x86_64' machine='pc'>hvm</type><bios rebootTimeout='0'/></os>
+              <cpu mode='host-passthrough'/><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+              <devices/>
+              <qemu:commandline>
+                <qemu:arg value='-chardev'/><qemu:arg value='file,id=talusprobe,path=\(log.split(separator: ",", omittingEmptySubsequences: false).joined(separator: ",,").xmlEscaped)'/>
+                <qemu:arg value='-device'/><qemu:arg value='isa-debugcon,iobase=0x402,chardev=talusprobe'/>
+              </qemu:commandline>
+            </domain>
+            """
+        let clock = ContinuousClock()
+        let start = clock.now
+        let domain: LibvirtDomain
+        do {
+            domain = try await createDomain(xml: xml)
+        } catch {
+            return DomainTypeProbe(type: .qemu, reason: "libvirt could not start a KVM guest (\(error)); software emulation (slow)")
+        }
+        var booted: Duration?
+        while booted == nil, clock.now - start < timeout {
+            if let text = try? String(contentsOfFile: log, encoding: .utf8),
+               text.contains("Booting from") || text.contains("No bootable device") {
+                booted = clock.now - start
+            } else {
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        try? await domain.destroy()  // it may have ended by itself (on_reboot, on_crash)
+        if let booted {
+            return DomainTypeProbe(type: .kvm, reason: "a KVM guest reached its firmware's boot menu in \(booted)")
+        }
+        return DomainTypeProbe(type: .qemu, reason:
+            "a KVM guest did not reach its firmware's boot menu within \(timeout) (it hangs or aborted); software emulation (slow)")
     }
 
     // MARK: Domains

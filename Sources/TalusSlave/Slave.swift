@@ -103,7 +103,7 @@ public final class Slave: Service, Sendable {
         }
 
         // libvirt first: domains of a previous run of this slave go before their files.
-        let host = try await VMHost.open(uri: config.libvirtURI, domainType: config.domainType, logger: logger)
+        let host = try await VMHost.open(uri: config.libvirtURI, domainType: config.domainType, probeDirectory: config.runDir, logger: logger)
         let leftovers = try await host.destroyDomains(ownerPrefix: "part:\(id):")
         let removed = Self.cleanRunDirectory(config.runDir)
         if !leftovers.isEmpty || removed > 0 {

@@ -51,8 +51,8 @@ public enum SlaveKeys {
         doc: "The statically linked guest agent put on every config ISO (images/build-agent.sh).")
     public static let libvirtURI = SettingKey("libvirt.uri", type: "url", default: "qemu:///system", doc: "The libvirt daemon.")
     public static let domainType = SettingKey(
-        "libvirt.domain_type", type: "enum", default: "kvm",
-        doc: "`kvm`, `qemu` (TCG software emulation, for hosts without working KVM) or `auto` (ask libvirt; trusts /dev/kvm).")
+        "libvirt.domain_type", type: "enum", default: "auto",
+        doc: "`kvm`, `qemu` (TCG software emulation, for hosts without working KVM) or `auto` (at start, a KVM test guest defined like the parts' must get through its firmware within 10 s; else `qemu`).")
     public static let isolatedNetwork = SettingKey(
         "libvirt.isolated_network", type: "string", default: "talus-isolated",
         doc: "The libvirt network of jobs with network `isolated` (set up by provisioning).")
@@ -260,12 +260,6 @@ public struct SlaveConfiguration: Sendable {
         }
         guard let v = Double(s.trimmingCharacters(in: .whitespaces)), v >= 0, v * scale < 9e18 else { return nil }
         return Int64((v * scale).rounded())
-    }
-
-    /// The domain type to use: the configured one, or libvirt's answer for `auto`.
-    public func resolveDomainType(_ connection: LibvirtConnection) async -> DomainType {
-        if domainType == .auto { return await connection.detectDomainType() }
-        return domainType == .kvm ? .kvm : .qemu
     }
 
     static func physicalMemoryMB() -> Int {

@@ -27,14 +27,20 @@ public final class VMHost: Sendable {
         state = Mutex(State(connection: connection, eventsTask: nil))
     }
 
-    /// Opens `uri` and starts dispatching lifecycle events.
-    public static func open(uri: String, domainType: DomainTypeSetting, logger: Logger = Logger(label: "talus.slave.libvirt")) async throws -> VMHost {
+    /// Opens `uri` and starts dispatching lifecycle events. With `auto`, a KVM test guest decides
+    /// the domain type (``LibvirtConnection/probeDomainType(directory:timeout:)``, its firmware log
+    /// in `probeDirectory`, which QEMU must reach: the run directory).
+    public static func open(uri: String, domainType: DomainTypeSetting, probeDirectory: String = "/var/lib/talus/run",
+                            logger: Logger = Logger(label: "talus.slave.libvirt")) async throws -> VMHost {
         let connection = try await LibvirtConnection(uri: uri, logger: logger)
         var type = DomainType.qemu
         switch domainType {
         case .kvm: type = .kvm
         case .qemu: type = .qemu
-        case .auto: type = await connection.detectDomainType()
+        case .auto:
+            let probe = await connection.probeDomainType(directory: probeDirectory)
+            type = probe.type
+            logger.info("VM domain type chosen", metadata: ["type": "\(probe.type.rawValue)", "why": "\(probe.reason)"])
         }
         let host = VMHost(uri: uri, domainType: type, connection: connection, logger: logger)
         try await host.startEvents(connection)

@@ -4,6 +4,7 @@
 
 import Foundation
 import Libvirt
+import TalusCore
 import TalusTestSupport
 import Testing
 
@@ -128,6 +129,29 @@ struct QemuTests {
         #expect(await !connection.isAlive())
         let error = await #expect(throws: LibvirtError.self) { try await connection.listDomains() }
         #expect(error?.isConnectionFailure == true, "\(String(describing: error))")
+        await connection.close()
+    }
+
+    @Test("the KVM probe boots a real test guest and agrees with the provisioning scripts' probe")
+    func kvmProbeAgreesWithProvisioning() async throws {
+        let connection = try await systemConnection()
+        let directory = try TestEnvironment.scratchDirectory("libvirt-kvm-probe")
+        let clock = ContinuousClock()
+        let start = clock.now
+        let probe = await connection.probeDomainType(directory: directory)
+        #expect(clock.now - start < .seconds(20), "\(probe)")
+        #expect(!probe.reason.isEmpty)
+        let script = try await runCommand(
+            "/bin/bash", ["-c", "source \"$1/provisioning/lib/common.sh\" && detect_domain_type_libvirt", "probe",
+                          try TestEnvironment.repositoryRoot()],
+            timeout: .seconds(60))
+        #expect(script.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == probe.type.rawValue,
+                "Swift: \(probe); script: \(script.stderr)")
+        // It leaves nothing behind: no probe domain, no files.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).isEmpty)
+        try await waitUntil("no probe domain left (other tests probe too)", timeout: .seconds(30)) {
+            try await connection.listDomains().allSatisfy { !$0.name.hasPrefix("talus-kvm-probe-") }
+        }
         await connection.close()
     }
 

@@ -21,7 +21,7 @@ struct ConfigurationTests {
         #expect(c.memoryMB > 0)
         #expect(c.cacheMaxBytes == 50 << 30)
         #expect(c.amqpNames == .standard)
-        #expect(c.domainType == .kvm)
+        #expect(c.domainType == .auto)
         #expect(c.guest.heartbeatTimeout == .seconds(30))
         #expect(c.metricsListen?.host == "127.0.0.1" && c.metricsListen?.port == 9102)
         let reference = SlaveKeys.reference()

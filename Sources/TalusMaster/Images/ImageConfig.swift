@@ -9,8 +9,9 @@ import TalusModel
 public struct ImageConfig: Sendable {
     /// How the domain type of image VMs is chosen (`libvirt.domain_type`).
     public enum DomainTypeSetting: String, Sendable, CaseIterable {
-        /// Probe at start: `kvm` only when libvirt reports KVM *and* a short KVM test boot reaches
-        /// the firmware's boot menu in time (see ``probeDomainType(emulator:timeout:)``); else `qemu`.
+        /// Probe at start: `kvm` only when libvirt reports KVM *and* a KVM test guest defined like
+        /// the image VMs reaches its firmware's boot menu in time
+        /// (`LibvirtConnection.probeDomainType(directory:timeout:)`); else `qemu`.
         case auto
         case kvm
         case qemu
@@ -27,7 +28,7 @@ public struct ImageConfig: Sendable {
         doc: "libvirt connection for image VMs.")
     public static let domainTypeKey = SettingKey(
         "libvirt.domain_type", type: "auto|kvm|qemu", default: "auto",
-        doc: "Domain type of image VMs. `auto`: `kvm` when libvirt reports KVM and a 5-second KVM test boot of the emulator reaches the firmware's boot menu, otherwise `qemu` (software emulation, slow); the choice and its reason are logged at start. Set `kvm` to fail loudly instead of falling back.")
+        doc: "Domain type of image VMs. `auto`: `kvm` when libvirt reports KVM and a KVM test guest defined through libvirt like the image VMs (host-passthrough CPU) reaches its firmware's boot menu within 10 s, otherwise `qemu` (software emulation, slow); the choice and its reason are logged at start. Set `kvm` to fail loudly instead of falling back.")
     public static let vncListenKey = SettingKey(
         "vnc.listen", type: "address", default: "127.0.0.1",
         doc: "Address the VNC servers of interactive image VMs listen on. Loopback by default: users reach it through an SSH tunnel unless you open it deliberately. Every VM gets a fresh random 8-character password, valid until the session's deadline.")

@@ -113,7 +113,7 @@ public final class ImageReconciler: DocumentReconciler {
     /// few seconds where KVM hangs). The daemon may call this at start so that the first image
     /// operation does not wait for the probe, and to log the choice early.
     public func resolveDomainType() async throws -> DomainType {
-        try await link.domainType(config.domainType)
+        try await link.domainType(config.domainType, probeDirectory: store.root)
     }
 
     /// Image operations holding a slot now (running VMs, conversions), for metrics and tests.

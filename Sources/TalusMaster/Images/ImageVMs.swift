@@ -79,7 +79,9 @@ actor LibvirtLink {
 
     /// The domain type for image VMs, resolved once (see ``ImageConfig/DomainTypeSetting``), with
     /// the reason for the log.
-    func domainType(_ setting: ImageConfig.DomainTypeSetting) async throws -> DomainType {
+    ///
+    /// - Parameter probeDirectory: where `auto`'s KVM test guest logs its firmware (QEMU must reach it).
+    func domainType(_ setting: ImageConfig.DomainTypeSetting, probeDirectory: String) async throws -> DomainType {
         if let (type, _) = resolvedType { return type }
         let type: DomainType
         let reason: String
@@ -87,28 +89,14 @@ actor LibvirtLink {
         case .kvm: (type, reason) = (.kvm, "libvirt.domain_type is kvm")
         case .qemu: (type, reason) = (.qemu, "libvirt.domain_type is qemu")
         case .auto:
-            let connection = try await connection()
-            if await connection.detectDomainType() == .kvm {
-                let emulator = (try? await Self.kvmEmulator(connection)) ?? "qemu-system-x86_64"
-                let probe = await probeKVM(emulator: emulator)
-                (type, reason) = probe.usable ? (.kvm, probe.reason) : (.qemu, probe.reason + "; using software emulation (slow)")
-            } else {
-                (type, reason) = (.qemu, "libvirt reports no KVM; using software emulation (slow)")
-            }
+            let probe = await try connection().probeDomainType(directory: probeDirectory)
+            (type, reason) = (probe.type, probe.reason)
         }
         if resolvedType == nil {
             resolvedType = (type, reason)
             logger.info("image VM domain type", metadata: ["type": "\(type.rawValue)", "why": "\(reason)"])
         }
         return resolvedType!.0
-    }
-
-    /// The emulator libvirt would run for KVM domains (`<path>` of the KVM domain capabilities).
-    private static func kvmEmulator(_ connection: LibvirtConnection) async throws -> String? {
-        let caps = try await connection.domainCapabilities(virtType: .kvm)
-        guard let start = caps.range(of: "<path>"), let end = caps.range(of: "</path>", range: start.upperBound..<caps.endIndex)
-        else { return nil }
-        return String(caps[start.upperBound..<end.lowerBound])
     }
 
     /// Stops event forwarding and closes the connection; later calls fail.
@@ -172,7 +160,7 @@ struct ImageVMs: Sendable {
         id: ObjectId, shape: VMShape?, interactive: Bool, script: String?, length: Duration, bootDeadline: ContinuousClock.Instant
     ) async throws -> BootedSession {
         let connection = try await link.connection()
-        let type = try await link.domainType(config.domainType)
+        let type = try await link.domainType(config.domainType, probeDirectory: store.root)
         let name = ImageDomain.name(id)
         try await remove(id)
         if try await connection.domainIfExists(named: name) != nil {
