@@ -195,8 +195,7 @@ struct APIBenchCommand: AsyncParsableCommand {
         let clock = ContinuousClock()
         let start = clock.now
         try body()
-        let d = clock.now - start
-        return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        return (clock.now - start).secondsDouble
     }
 }
 

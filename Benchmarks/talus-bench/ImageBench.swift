@@ -192,23 +192,23 @@ struct ImageImportBench: AsyncParsableCommand {
             guests.append(guest)
             ours.append(total - guest)
         }
-        let ratio = Self.seconds(median(ours)) / Self.seconds(median(reference))
-        let opensslRatio = Self.seconds(median(ours)) / Self.seconds(median(openssl))
+        let ratio = median(ours).secondsDouble / median(reference).secondsDouble
+        let opensslRatio = median(ours).secondsDouble / median(openssl).secondsDouble
         let result: [String: Any] = [
             "size_mib": sizeMiB, "runs": runs,
-            "reference_s": reference.map(Self.seconds), "reference_openssl_s": openssl.map(Self.seconds),
-            "ours_s": ours.map(Self.seconds), "ratio_openssl": opensslRatio,
-            "total_s": totals.map(Self.seconds), "guest_s": guests.map(Self.seconds),
-            "reference_median_s": Self.seconds(median(reference)), "ours_median_s": Self.seconds(median(ours)),
+            "reference_s": reference.map(\.secondsDouble), "reference_openssl_s": openssl.map(\.secondsDouble),
+            "ours_s": ours.map(\.secondsDouble), "ratio_openssl": opensslRatio,
+            "total_s": totals.map(\.secondsDouble), "guest_s": guests.map(\.secondsDouble),
+            "reference_median_s": median(reference).secondsDouble, "ours_median_s": median(ours).secondsDouble,
             "ratio": ratio, "target_ratio": 1.3,
         ]
         if options.json {
             print(String(decoding: try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys]), as: UTF8.self))
         } else {
             print("image import, \(sizeMiB) MiB raw disk, \(runs) runs (median)")
-            print(String(format: "  qemu-img convert + sha256sum:            %7.2f s   %@", Self.seconds(median(reference)), Self.list(reference)))
-            print(String(format: "  qemu-img convert + openssl dgst -sha256: %7.2f s   %@", Self.seconds(median(openssl)), Self.list(openssl)))
-            print(String(format: "  import → ready minus guest runtime:      %7.2f s   %@", Self.seconds(median(ours)), Self.list(ours)))
+            print(String(format: "  qemu-img convert + sha256sum:            %7.2f s   %@", median(reference).secondsDouble, Self.list(reference)))
+            print(String(format: "  qemu-img convert + openssl dgst -sha256: %7.2f s   %@", median(openssl).secondsDouble, Self.list(openssl)))
+            print(String(format: "  import → ready minus guest runtime:      %7.2f s   %@", median(ours).secondsDouble, Self.list(ours)))
             print(String(format: "    (import → ready %@, guest runtime %@)", Self.list(totals), Self.list(guests)))
             print(String(format: "  ratio ours / reference:                  %7.2f     (target ≤ 1.30; %.2f against the openssl row)", ratio, opensslRatio))
         }
@@ -268,8 +268,7 @@ struct ImageImportBench: AsyncParsableCommand {
     }
 
     func median(_ values: [Duration]) -> Duration { values.sorted()[values.count / 2] }
-    static func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
-    static func list(_ values: [Duration]) -> String { values.map { String(format: "%.2f", seconds($0)) }.joined(separator: " ") }
+    static func list(_ values: [Duration]) -> String { values.map { String(format: "%.2f", $0.secondsDouble) }.joined(separator: " ") }
 }
 
 /// When each domain was started and stopped, from libvirt's lifecycle events.
@@ -352,7 +351,7 @@ struct ImageCreateBench: AsyncParsableCommand {
             _ = try await world.images.updateOne(["_id": .objectId(base)], ["$set": ["updated": .datetime(Date())]])
             writes.append(clock.now - start)
         }
-        let ms = { (d: Duration) in ImageImportBench.seconds(d) * 1000 }
+        let ms = { (d: Duration) in d.secondsDouble * 1000 }
         func percentiles(_ values: [Duration]) -> (Double, Double, Double) {
             let sorted = values.sorted()
             return (ms(sorted[sorted.count / 2]), ms(sorted[min(sorted.count - 1, sorted.count * 9 / 10)]), ms(sorted.last!))

@@ -173,12 +173,12 @@ struct BenchEnvironment {
     }
 
     static func rate(_ n: Int, _ d: Duration) -> String {
-        let s = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        let s = d.secondsDouble
         return String(format: "%.0f/s (%d in %.2f s)", Double(n) / s, n, s)
     }
 
     static func millis(_ d: Duration) -> String {
-        String(format: "%.1f ms", (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18) * 1000)
+        String(format: "%.1f ms", d.secondsDouble * 1000)
     }
 
     static func percentile(_ values: [Duration], _ p: Double) -> Duration {

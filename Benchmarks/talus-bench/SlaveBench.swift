@@ -45,8 +45,6 @@ private func timed(_ body: () async throws -> Void) async rethrows -> Duration {
     return ContinuousClock.now - start
 }
 
-private func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
-
 struct SlaveSyncBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sync",
@@ -146,25 +144,25 @@ struct SlaveSyncBench: AsyncParsableCommand {
         try await client.shutdown()
 
         let mb = Double(size) / 1e6
-        let bestOurs = mb / seconds(ours.min()!)
-        let bestCurl = mb / seconds(curl.min()!)
-        let bestSame = mb / seconds(same.min()!)
+        let bestOurs = mb / ours.min()!.secondsDouble
+        let bestCurl = mb / curl.min()!.secondsDouble
+        let bestSame = mb / same.min()!.secondsDouble
         if options.json {
             let result: [String: Any] = [
                 "size_bytes": size, "rounds": rounds, "slave_mb_s": bestOurs, "curl_mb_s": bestCurl,
                 "ratio": bestOurs / bestCurl, "target_ratio": 0.8,
                 "curl_sha256sum_sync_mb_s": bestSame, "ratio_vs_curl_sha256sum_sync": bestOurs / bestSame,
-                "slave_s": ours.map(seconds), "curl_s": curl.map(seconds), "curl_sha256sum_sync_s": same.map(seconds),
+                "slave_s": ours.map(\.secondsDouble), "curl_s": curl.map(\.secondsDouble), "curl_sha256sum_sync_s": same.map(\.secondsDouble),
             ]
             print(String(decoding: try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys]), as: UTF8.self))
         } else {
             print(String(format: "image sync, %.0f MB over loopback HTTP (python3 -m http.server), best of %d", mb, rounds))
             print(String(format: "  slave (cache + downloader, sha256, fsync, rename): %7.1f MB/s   rounds: %@ s", bestOurs,
-                         ours.map { String(format: "%.2f", seconds($0)) }.joined(separator: " ")))
+                         ours.map { String(format: "%.2f", $0.secondsDouble) }.joined(separator: " ")))
             print(String(format: "  curl -o (no hash, no fsync):                        %7.1f MB/s   rounds: %@ s", bestCurl,
-                         curl.map { String(format: "%.2f", seconds($0)) }.joined(separator: " ")))
+                         curl.map { String(format: "%.2f", $0.secondsDouble) }.joined(separator: " ")))
             print(String(format: "  curl -o; sha256sum; sync FILE (same work, serial):   %7.1f MB/s   rounds: %@ s", bestSame,
-                         same.map { String(format: "%.2f", seconds($0)) }.joined(separator: " ")))
+                         same.map { String(format: "%.2f", $0.secondsDouble) }.joined(separator: " ")))
             print(String(format: "  ratio slave/curl: %.2fx (target ≥ 0.8x); slave/(curl+sha256sum+sync): %.2fx",
                          bestOurs / bestCurl, bestOurs / bestSame))
         }
@@ -226,7 +224,7 @@ struct SlaveOverheadBench: AsyncParsableCommand {
         await connection.close()
         guard !overheads.isEmpty else { throw ValidationError("no part reached a running domain: \(failures.joined(separator: "; "))") }
 
-        let ms = overheads.map { seconds($0) * 1000 }.sorted()
+        let ms = overheads.map { $0.secondsDouble * 1000 }.sorted()
         let p50 = percentile(ms, 50), p99 = percentile(ms, 99)
         if bench.services.json {
             let result: [String: Any] = [
@@ -363,24 +361,24 @@ struct SlaveThroughputBench: AsyncParsableCommand {
         await slave.stop()
 
         let parts = 2 * rounds
-        let slavePPM = Double(parts) / seconds(slaveWall) * 60
-        let loopPPM = Double(parts) / seconds(loopWall) * 60
-        let mean = { (d: [Duration]) in d.isEmpty ? .nan : d.map(seconds).reduce(0, +) / Double(d.count) }
+        let slavePPM = Double(parts) / slaveWall.secondsDouble * 60
+        let loopPPM = Double(parts) / loopWall.secondsDouble * 60
+        let mean = { (d: [Duration]) in d.isEmpty ? .nan : d.map(\.secondsDouble).reduce(0, +) / Double(d.count) }
         if bench.services.json {
             let result: [String: Any] = [
                 "parts": parts, "rounds": rounds, "domain_type": "\(domainType)",
-                "slave_s": seconds(slaveWall), "slave_parts_per_min": slavePPM, "slave_mean_part_s": mean(partTimes),
+                "slave_s": slaveWall.secondsDouble, "slave_parts_per_min": slavePPM, "slave_mean_part_s": mean(partTimes),
                 "slave_failures": failures,
-                "loop_s": seconds(loopWall), "loop_parts_per_min": loopPPM, "loop_mean_boot_s": mean(boots),
+                "loop_s": loopWall.secondsDouble, "loop_parts_per_min": loopPPM, "loop_mean_boot_s": mean(boots),
                 "ratio": slavePPM / loopPPM, "target_ratio": 0.8,
             ]
             print(String(decoding: try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys]), as: UTF8.self))
         } else {
             print("job throughput, \(parts) parts of a trivial tool, 2 at a time, \(rounds) rounds alternating, domain type \(domainType)")
             print(String(format: "  slave (2 VM slots, RabbitMQ, libvirt, agent):   %6.1f parts/min   wall %6.1f s   mean part (started → ended) %5.1f s",
-                         slavePPM, seconds(slaveWall), mean(partTimes)))
+                         slavePPM, slaveWall.secondsDouble, mean(partTimes)))
             print(String(format: "  shell loop (qemu-system-x86_64, 2 at a time):   %6.1f parts/min   wall %6.1f s   mean boot → poweroff       %5.1f s",
-                         loopPPM, seconds(loopWall), mean(boots)))
+                         loopPPM, loopWall.secondsDouble, mean(boots)))
             print(String(format: "  ratio slave/loop: %.2fx (target ≥ 0.8x)", slavePPM / loopPPM))
             for failure in failures { print("  failed: \(failure)") }
         }

@@ -277,11 +277,3 @@ public actor FileCache {
         return out
     }
 }
-
-extension Duration {
-    /// The duration in seconds.
-    var secondsDouble: Double {
-        let (s, atto) = components
-        return Double(s) + Double(atto) / 1e18
-    }
-}
