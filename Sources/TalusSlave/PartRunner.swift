@@ -221,6 +221,7 @@ public final class PartRun: Sendable {
         // Tear down: the VM first (it may still write), then the channel, the relay, the files.
         env.host.unwatch(domainName)
         if let domain {
+            logger.debug("destroying the domain")
             do { _ = try await VMHost.remove(domain) } catch { logger.warning("destroying the domain failed", metadata: ["error": "\(error)"]) }
         }
         for task in tasks { task.cancel() }
@@ -258,6 +259,7 @@ public final class PartRun: Sendable {
             case .toolStarted:
                 logger.debug("tool started")
             case .guestFinished(let code, let reason):
+                logger.debug("guest agent finished", metadata: ["exit_code": "\(code)"])
                 if code == 0 { return end(.success, nil, exitCode: 0) }
                 if let (outcome, why) = cancelPending { return end(outcome, why, exitCode: code) }
                 return end(.failure, reason ?? "the tool exited with status \(code)", exitCode: code)

@@ -32,7 +32,7 @@ APT_PACKAGES=(
   # C libraries the Swift package links
   libvirt-dev librabbitmq-dev libmongoc-dev libbson-dev
   # services
-  rabbitmq-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  rabbitmq-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients tini
   # QEMU and image tools
   qemu-system-x86 qemu-utils genisoimage xorriso
   # the test guest (images/build-test-guest.sh)
@@ -167,7 +167,10 @@ start_libvirt() {
   getent group libvirt >/dev/null || groupadd --system libvirt
   printf 'unix_sock_group = "libvirt"\nunix_sock_rw_perms = "0770"\nauth_unix_rw = "none"\n' \
     > "$RUN_DIR/libvirt/libvirtd.conf"
-  setsid libvirtd -f "$RUN_DIR/libvirt/libvirtd.conf" > "$RUN_DIR/libvirt/libvirtd.log" 2>&1 < /dev/null &
+  # Under tini as a child subreaper: libvirt daemonizes QEMU, so QEMU's parent is whoever reaps
+  # orphans. Where that is a container init that reaps late (here ~2 s), libvirt's destroy waits
+  # for the zombie to go (it polls kill(pid, 0)), and every part's teardown takes that long.
+  setsid tini -s -- libvirtd -f "$RUN_DIR/libvirt/libvirtd.conf" > "$RUN_DIR/libvirt/libvirtd.log" 2>&1 < /dev/null &
   record libvirtd $!
   local deadline=$((SECONDS + 90))
   until virsh -q -c qemu:///system version >/dev/null 2>&1; do
