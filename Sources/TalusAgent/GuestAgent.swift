@@ -129,8 +129,16 @@ public final class GuestAgent {
         send(.started)
         var tail = EventsFileTail(path: workspace.eventsFile)
 
+        var turnsWithoutPipes = 0
         while tool.poll() == nil {
-            pollOnce(tool, timeoutMs: 100)
+            // A tool that closed both pipes is usually exiting: look again within milliseconds,
+            // backing off to the usual 100 ms for one that runs on without them.
+            var timeout: Int32 = 100
+            if tool.stdoutFD < 0 && tool.stderrFD < 0 {
+                timeout = min(100, 5 << min(turnsWithoutPipes, 5))
+                turnsWithoutPipes += 1
+            }
+            pollOnce(tool, timeoutMs: timeout)
             handleEventLines(tail.readLines(maxBytes: 256 << 10), workspace: workspace, config: config)
             heartbeatIfDue(config)
             if let reason = cancelReason {
