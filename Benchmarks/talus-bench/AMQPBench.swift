@@ -9,6 +9,7 @@
 import AMQP
 import ArgumentParser
 import Foundation
+import TalusCore
 
 struct AMQPBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -119,7 +120,7 @@ struct AMQPBenchCommand: AsyncParsableCommand {
             confirmations.append(try await publisher.publish(AMQPMessage(body: body, properties: properties), exchange: "", routingKey: queue))
         }
         try await confirmations.waitForAll().get()
-        let publish = Double(bodies.count) / Self.seconds(clock.now - start)
+        let publish = Double(bodies.count) / (clock.now - start).secondsDouble
 
         let consumer = try await consumerConnection.consume(queue: queue, prefetch: prefetch)
         start = clock.now
@@ -129,7 +130,7 @@ struct AMQPBenchCommand: AsyncParsableCommand {
             received += 1
             if received == bodies.count { break }
         }
-        let consume = Double(received) / Self.seconds(clock.now - start)
+        let consume = Double(received) / (clock.now - start).secondsDouble
         try await consumer.cancel()
 
         var syncPublish: Double?
@@ -138,7 +139,7 @@ struct AMQPBenchCommand: AsyncParsableCommand {
             for body in bodies.prefix(syncMessages) {
                 try await publisher.publish(AMQPMessage(body: body, properties: properties), exchange: "", routingKey: queue).wait()
             }
-            syncPublish = Double(min(syncMessages, bodies.count)) / Self.seconds(clock.now - start)
+            syncPublish = Double(min(syncMessages, bodies.count)) / (clock.now - start).secondsDouble
         }
         try await publisher.deleteQueue(queue)
         await consumerConnection.close()
@@ -194,11 +195,6 @@ struct AMQPBenchCommand: AsyncParsableCommand {
         let tail = "\"}"
         let pad = max(size - head.utf8.count - tail.utf8.count, 0)
         return Array((head + String(repeating: "x", count: pad) + tail).utf8)
-    }
-
-    static func seconds(_ duration: Duration) -> Double {
-        let (seconds, attoseconds) = duration.components
-        return Double(seconds) + Double(attoseconds) / 1e18
     }
 
     static func rate(_ value: Double) -> String {

@@ -170,7 +170,7 @@ struct APIBenchCommand: AsyncParsableCommand {
             guard response.status == .ok, let page = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
                 throw BenchError("GET results: \(response.status)")
             }
-            let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+            let ms = elapsed.secondsDouble * 1000
             return (ms, page["next"] as? String)
         }
         let first = "job=\(job.hex)&limit=\(pageSize)"

@@ -5,6 +5,7 @@ import ArgumentParser
 import BSON
 import Foundation
 import Mongo
+import TalusCore
 
 struct ChangeStreamBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -111,7 +112,7 @@ struct ChangeStreamBench: AsyncParsableCommand {
                 throw ValidationError("expected event \(i), got \(String(describing: event.fullDocument))")
             }
             if i >= warmup {
-                latencies.append(Double(latency.components.seconds) * 1000 + Double(latency.components.attoseconds) / 1e15)
+                latencies.append(latency.secondsDouble * 1000)
             }
         }
         await stream.close()

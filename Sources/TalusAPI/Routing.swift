@@ -8,6 +8,7 @@ import Hummingbird
 import Logging
 import Metrics
 import NIOCore
+import TalusCore
 import TalusModel
 
 /// One registered endpoint.
@@ -97,7 +98,7 @@ struct RequestObserver: RouterMiddleware {
         }
         let route = context.endpointPath.flatMap { $0 == "NotFound" ? nil : Self.openAPIPath($0) } ?? "unmatched"
         let elapsed = ContinuousClock.now - start
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = elapsed.secondsDouble
         let status = response.status.code
         var meta: Logger.Metadata = [
             "method": .string(request.method.rawValue), "path": .string(path), "route": .string(route),

@@ -3,6 +3,7 @@
 import ArgumentParser
 import BSON
 import Foundation
+import TalusCore
 import TalusModel
 
 /// Tool parameters from `--params JSON`, `--params-file FILE` and repeated `--param k=v` (a value
@@ -302,7 +303,7 @@ enum JobWatch {
                                           parts: j.parts, errors: j.errors.count, reason: j.status.reason)
                 if startProgress == nil { startProgress = j.progress }
                 let elapsed = ContinuousClock.now - start
-                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                let seconds = elapsed.secondsDouble
                 let rate = seconds > 1 ? Double(j.progress - startProgress!) / seconds : nil
                 if json {
                     if event.status != last?.status || event.progress != last?.progress || event.parts != last?.parts || event.errors != last?.errors {

@@ -3,6 +3,7 @@
 
 import Foundation
 import Synchronization
+import TalusCore
 
 /// Byte progress of one transfer. Safe to update from any task.
 final class Progress: Sendable {
@@ -66,7 +67,7 @@ final class Progress: Sendable {
 
     static func render(label: String, _ s: State, now: ContinuousClock.Instant, width: Int) -> String {
         let elapsed = now - s.started
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = elapsed.secondsDouble
         let rate = seconds > 0.2 ? Double(s.done - s.baseDone) / seconds : 0
         let fraction = s.total > 0 ? Double(s.done) / Double(s.total) : 1
         var parts = [label]

@@ -7,6 +7,7 @@ import BSON
 import Foundation
 import Synchronization
 import TalusAgent
+import TalusCore
 import TalusModel
 
 /// What to run.
@@ -262,7 +263,7 @@ public final class LocalToolRun: Sendable {
             summary.reason = status < 0 ? "the tool was killed by signal \(-status)" : "the tool exited with status \(status)"
         }
         let elapsed = clock.now - start
-        summary.seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        summary.seconds = elapsed.secondsDouble
         return summary
     }
 

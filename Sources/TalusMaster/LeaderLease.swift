@@ -11,6 +11,7 @@ import BSON
 import Foundation
 import Logging
 import Mongo
+import TalusCore
 import TalusModel
 
 /// The leader lease of one master process.
@@ -44,7 +45,7 @@ public final class LeaderLease: Sendable {
     /// false when another live master holds it.
     public func acquireOrRenew() async throws -> Bool {
         let now = bsonNow()
-        let expires = now.addingTimeInterval(duration.seconds)
+        let expires = now.addingTimeInterval(duration.secondsDouble)
         let filter: BSONDocument = [
             "_id": .string(LeaseDocument.id),
             "$or": [["holder": .string(holder)], ["expires": ["$lt": .datetime(now)]]],

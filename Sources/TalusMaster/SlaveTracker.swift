@@ -9,6 +9,7 @@ import Foundation
 import Logging
 import Mongo
 import Synchronization
+import TalusCore
 import TalusModel
 
 /// What the master knows about the slaves, in memory, for dispatch decisions.
@@ -164,7 +165,7 @@ public final class SlaveTracker: Sendable {
 
     /// Slaves whose last heartbeat is older than `offlineAfter` and that are not offline yet.
     func silentSlaves() async throws -> [String] {
-        let cutoff = bsonNow().addingTimeInterval(-offlineAfter.seconds)
+        let cutoff = bsonNow().addingTimeInterval(-offlineAfter.secondsDouble)
         let docs = try await store.slaves.find(
             ["last_heartbeat": ["$lt": .datetime(cutoff)], "status.name": ["$ne": "offline"]],
             options: FindOptions(projection: ["uuid": 1]))

@@ -164,9 +164,6 @@ extension Duration {
         let (ns, overflow) = s.multipliedReportingOverflow(by: 1_000_000_000)
         return overflow ? .max : ns &+ atto / 1_000_000_000
     }
-
-    /// Seconds as a Double.
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
 
 /// The bookkeeping of ``WorkQueue/run()``: pure state, no concurrency.

@@ -263,7 +263,7 @@ struct ImageVMs: Sendable {
 
 /// A duration in seconds (negative durations give 0).
 func seconds(_ d: Duration) -> TimeInterval {
-    max(0, Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+    max(0, d.secondsDouble)
 }
 
 /// Whether a VNC server at host:port sends the RFB protocol banner within `timeout`. Blocking
