@@ -170,7 +170,9 @@ start_libvirt() {
   # Under tini as a child subreaper: libvirt daemonizes QEMU, so QEMU's parent is whoever reaps
   # orphans. Where that is a container init that reaps late (here ~2 s), libvirt's destroy waits
   # for the zombie to go (it polls kill(pid, 0)), and every part's teardown takes that long.
-  setsid tini -s -- libvirtd -f "$RUN_DIR/libvirt/libvirtd.conf" > "$RUN_DIR/libvirt/libvirtd.log" 2>&1 < /dev/null &
+  local reaper=(tini -s --)
+  command -v tini >/dev/null || { reaper=(); log "tini is not installed (services.sh install): each VM destroy may take ~2 s"; }
+  setsid "${reaper[@]}" libvirtd -f "$RUN_DIR/libvirt/libvirtd.conf" > "$RUN_DIR/libvirt/libvirtd.log" 2>&1 < /dev/null &
   record libvirtd $!
   local deadline=$((SECONDS + 90))
   until virsh -q -c qemu:///system version >/dev/null 2>&1; do
