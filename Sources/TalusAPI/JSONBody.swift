@@ -7,57 +7,32 @@ import Foundation
 import Hummingbird
 import NIOCore
 import NIOFoundationCompat
+import TalusCode
 import TalusModel
 
-/// A JSON value as sent by a client.
-public enum JSONValue: Sendable, Equatable, Decodable {
-    case null
-    case bool(Bool)
-    case int(Int64)
-    case double(Double)
-    case string(String)
-    case array([JSONValue])
-    case object([String: JSONValue])
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null; return }
-        if let b = try? c.decode(Bool.self) { self = .bool(b); return }
-        if let i = try? c.decode(Int64.self) { self = .int(i); return }
-        if let d = try? c.decode(Double.self) { self = .double(d); return }
-        if let s = try? c.decode(String.self) { self = .string(s); return }
-        if let a = try? c.decode([JSONValue].self) { self = .array(a); return }
-        self = .object(try c.decode([String: JSONValue].self))
-    }
-
+/// A request body as sent by a client: TalusCode's ``JSONValue`` (key order kept, duplicate keys
+/// refused, integers exact), with the API's wording for its types.
+extension JSONValue {
     /// The JSON type's name, for messages.
     var typeName: String {
         switch self {
         case .null: "null"
         case .bool: "a boolean"
-        case .int: "an integer"
-        case .double: "a number"
+        case .integer: "an integer"
+        case .number: "a number"
         case .string: "a string"
         case .array: "an array"
         case .object: "an object"
         }
     }
 
-    /// Parses a request body; malformed JSON is a 400.
+    /// Parses a request body; malformed JSON (duplicate keys included) is a 400 that says where.
     static func parse(_ buffer: ByteBuffer) throws -> JSONValue {
         do {
-            return try JSONDecoder().decode(JSONValue.self, from: Data(buffer: buffer))
+            return try JSONValue.parse(buffer.readableBytesView)
         } catch {
-            throw APIProblem(.badRequest, title: "Malformed JSON", "the request body is not valid JSON (\(Self.describe(error)))")
+            throw APIProblem(.badRequest, title: "Malformed JSON", "the request body is not valid JSON (\(error))")
         }
-    }
-
-    static func describe(_ error: any Error) -> String {
-        if case DecodingError.dataCorrupted(let ctx) = error {
-            let underlying = (ctx.underlyingError as? NSError)?.userInfo[NSDebugDescriptionErrorKey] as? String
-            return underlying ?? ctx.debugDescription
-        }
-        return "\(error)"
     }
 }
 
@@ -75,15 +50,19 @@ final class ProblemList: @unchecked Sendable {
 struct ObjectReader {
     let prefix: String
     let fields: [String: JSONValue]
+    /// The keys in the order the client wrote them.
+    let order: [String]
     let problems: ProblemList
     private var known: Set<String> = []
 
     init(_ value: JSONValue, problems: ProblemList = ProblemList(), prefix: String = "") throws {
-        guard case .object(let fields) = value else {
+        guard case .object(let members) = value else {
             problems.add(prefix.isEmpty ? "(body)" : prefix, "must be a JSON object, not \(value.typeName)")
             throw APIProblem.invalid(problems.items)
         }
-        self.fields = fields
+        // The parser refuses duplicate keys, so the members make a dictionary.
+        self.fields = Dictionary(members.map { ($0.key, $0.value) }, uniquingKeysWith: { first, _ in first })
+        self.order = members.map(\.key)
         self.problems = problems
         self.prefix = prefix
     }
@@ -141,8 +120,8 @@ struct ObjectReader {
         guard let v = raw(key) else { if required { missing(key) }; return nil }
         let i: Int
         switch v {
-        case .int(let x) where Int(exactly: x) != nil: i = Int(x)
-        case .double(let d) where d.rounded() == d && abs(d) < 9e15: i = Int(d)
+        case .integer(let x) where Int(exactly: x) != nil: i = Int(x)
+        case .number(let d) where d.rounded() == d && abs(d) < 9e15: i = Int(d)
         default: problems.add(path(key), "must be an integer, not \(v.typeName)"); return nil
         }
         if let range, !range.contains(i) {
@@ -153,7 +132,12 @@ struct ObjectReader {
 
     mutating func int64(_ key: String, required: Bool = false, min: Int64 = 0) -> Int64? {
         guard let v = raw(key) else { if required { missing(key) }; return nil }
-        guard case .int(let x) = v else { problems.add(path(key), "must be an integer, not \(v.typeName)"); return nil }
+        let x: Int64
+        switch v {
+        case .integer(let exact): x = exact
+        case .number(let d) where d.rounded() == d && abs(d) < 9e15: x = Int64(d)
+        default: problems.add(path(key), "must be an integer, not \(v.typeName)"); return nil
+        }
         if x < min { problems.add(path(key), "must be at least \(min) (got \(x))"); return nil }
         return x
     }
@@ -225,7 +209,7 @@ struct ObjectReader {
 
     /// Reports every key no accessor asked for.
     func finish() {
-        for key in fields.keys.sorted() where !known.contains(key) {
+        for key in order where !known.contains(key) {
             problems.add(path(key), "unknown field (accepted: \(known.sorted().joined(separator: ", ")))")
         }
     }
@@ -258,8 +242,8 @@ enum Validation {
         switch value {
         case .null: return .null
         case .bool(let b): return .bool(b)
-        case .int(let i): return .int64(i)
-        case .double(let d): return .double(d)
+        case .integer(let i): return .int64(i)
+        case .number(let d): return .double(d)
         case .string(let s): return .string(s)
         case .array(let a):
             var out: [BSONValue] = []
@@ -268,14 +252,15 @@ enum Validation {
                 out.append(v)
             }
             return .array(out)
-        case .object(let o):
+        case .object(let members):
+            // In the client's order (MongoDB documents are ordered; the parser refused duplicates).
             var doc = BSONDocument()
-            for key in o.keys.sorted() {
+            for (key, value) in members {
                 if key.isEmpty || key.hasPrefix("$") || key.contains(".") || key.contains("\0") {
                     problems.add("\(path).\(key)", "keys may not be empty, start with $ or contain a dot")
                     return nil
                 }
-                guard let v = bson(o[key]!, at: "\(path).\(key)", problems: problems, depth: depth + 1) else { return nil }
+                guard let v = bson(value, at: "\(path).\(key)", problems: problems, depth: depth + 1) else { return nil }
                 doc[key] = v
             }
             return .document(doc)

@@ -116,7 +116,7 @@ public struct CodeStore: Sendable {
         if let commit, !(commit.count == 40 && GitRepository.isFullOID(commit)) {
             throw CodeLookupError.badCommit("commit must be a full commit id (40 lowercase hex digits), not \"\(commit.prefix(80))\"")
         }
-        guard ToolManifest.isValidName(tool) else { throw CodeLookupError.unknownTool("there is no tool named \"\(tool.prefix(80))\"") }
+        guard ToolManifest.isValidName(tool) else { throw CodeLookupError.unknownTool("there is no tool named \"\(tool.prefix(80))\" (talus code list)") }
         if let commit {
             if let doc = try await find(name: tool, kind: .tool, commit: commit) { return doc }
         } else if let doc = try await newest(name: tool, kind: .tool) {
@@ -126,7 +126,7 @@ public struct CodeStore: Sendable {
             throw CodeLookupError.unknownTool("there is no tool named \"\(tool)\" in the code repository (talus code list)")
         }
         if let commit {
-            throw CodeLookupError.notRecorded("tool \(tool) is not recorded at commit \(commit) (its newest recording is \(last.commit))")
+            throw CodeLookupError.notRecorded("tool \(tool) is not recorded at commit \(commit) (its newest recording is \(last.commit); talus code show \(tool))")
         }
         throw CodeLookupError.notRecorded("tool \(tool) is not on the main branch any more; it was last recorded at \(last.commit): ask for that commit explicitly")
     }

@@ -170,8 +170,8 @@ public struct JSONSchema: Sendable {
             if let sub = schema["items"] {
                 for (n, item) in items.enumerated() { validate(item, against: sub, path: path + [.index(n)], into: &out) }
             }
-            if case .number(let m) = schema["minItems"], Double(items.count) < m { fail("must have at least \(Int(m)) items") }
-            if case .number(let m) = schema["maxItems"], Double(items.count) > m { fail("must have at most \(Int(m)) items") }
+            if let m = schema["minItems"]?.numberValue, Double(items.count) < m { fail("must have at least \(Int(m)) items") }
+            if let m = schema["maxItems"]?.numberValue, Double(items.count) > m { fail("must have at most \(Int(m)) items") }
             if case .bool(true) = schema["uniqueItems"] {
                 for (n, item) in items.enumerated() where items[..<n].contains(item) {
                     fail("\(item.text.prefix(60)) appears more than once", at: path + [.index(n)])
@@ -179,16 +179,17 @@ public struct JSONSchema: Sendable {
             }
         case .string(let s):
             let length = s.unicodeScalars.count
-            if case .number(let m) = schema["minLength"], Double(length) < m {
+            if let m = schema["minLength"]?.numberValue, Double(length) < m {
                 fail(m == 1 ? "must not be empty" : "must be at least \(Int(m)) characters long")
             }
-            if case .number(let m) = schema["maxLength"], Double(length) > m { fail("must be at most \(Int(m)) characters long") }
+            if let m = schema["maxLength"]?.numberValue, Double(length) > m { fail("must be at most \(Int(m)) characters long") }
             if case .string(let p) = schema["pattern"], let regex = try? Regex(p), (try? regex.firstMatch(in: s)) == nil {
                 fail("\(x.text.prefix(60)) does not match \(p)\(hint)")
             }
-        case .number(let d):
-            if case .number(let m) = schema["minimum"], d < m { fail("must be at least \(m.rounded() == m ? String(Int64(m)) : String(m)) (got \(x.text))") }
-            if case .number(let m) = schema["maximum"], d > m { fail("must be at most \(m.rounded() == m ? String(Int64(m)) : String(m)) (got \(x.text))") }
+        case .integer, .number:
+            let d = x.numberValue!
+            if let m = schema["minimum"]?.numberValue, d < m { fail("must be at least \(m.rounded() == m ? String(Int64(m)) : String(m)) (got \(x.text))") }
+            if let m = schema["maximum"]?.numberValue, d > m { fail("must be at most \(m.rounded() == m ? String(Int64(m)) : String(m)) (got \(x.text))") }
         default: break
         }
         if case .array(let subs) = schema["allOf"] {

@@ -1,13 +1,16 @@
-// A small, strict JSON reader for manifests: it keeps key order, rejects duplicate keys (which
-// JSONDecoder silently collapses), and reports syntax errors with line and column, so the hook's
-// messages point at the place in the file the author has to fix.
+// A small, strict JSON reader for manifests and request bodies: it keeps key order, rejects
+// duplicate keys (which JSONDecoder silently collapses), keeps integers exact (a 64-bit seed stays
+// itself), and reports syntax errors with line and column, so messages point at the place the
+// author has to fix.
 
 /// A parsed JSON value.
 public indirect enum JSONValue: Sendable, Equatable {
     case null
     case bool(Bool)
-    /// A number: its value and whether it was written without fraction or exponent that makes
-    /// it non-integral (`5`, `5.0` and `5e0` are integers in the JSON Schema sense).
+    /// A number written without fraction or exponent that fits 64 bits (`5`, `-12`).
+    case integer(Int64)
+    /// Any other number (`5.0`, `5e0` and `1.5` are all numbers here; the first two are integers
+    /// in the JSON Schema sense, see ``schemaType``).
     case number(Double)
     case string(String)
     case array([JSONValue])
@@ -18,7 +21,8 @@ public indirect enum JSONValue: Sendable, Equatable {
         switch (a, b) {
         case (.null, .null): return true
         case (.bool(let x), .bool(let y)): return x == y
-        case (.number(let x), .number(let y)): return x == y
+        case (.integer(let x), .integer(let y)): return x == y
+        case (.integer, .number), (.number, .integer), (.number, .number): return a.numberValue == b.numberValue
         case (.string(let x), .string(let y)): return x == y
         case (.array(let x), .array(let y)): return x == y
         case (.object(let x), .object(let y)):
@@ -36,11 +40,21 @@ public indirect enum JSONValue: Sendable, Equatable {
         return nil
     }
 
+    /// The value of a number (integers as Double), nil for anything else.
+    public var numberValue: Double? {
+        switch self {
+        case .integer(let i): Double(i)
+        case .number(let d): d
+        default: nil
+        }
+    }
+
     /// The JSON Schema type name of the value (`integer` for integral numbers).
     public var schemaType: String {
         switch self {
         case .null: "null"
         case .bool: "boolean"
+        case .integer: "integer"
         case .number(let d): d.rounded() == d && d.isFinite ? "integer" : "number"
         case .string: "string"
         case .array: "array"
@@ -53,6 +67,7 @@ public indirect enum JSONValue: Sendable, Equatable {
         switch self {
         case .null: return "null"
         case .bool(let b): return b ? "true" : "false"
+        case .integer(let i): return String(i)
         case .number(let d):
             if d.rounded() == d && abs(d) < 1e15 { return String(Int64(d)) }
             return String(d)
@@ -274,16 +289,20 @@ private struct JSONParser {
         } else if digits() == 0 {
             throw error("unexpected \(current) in a number")
         }
+        var integral = true
         if i < b.count, b[i] == UInt8(ascii: ".") {
+            integral = false
             i += 1
             if digits() == 0 { throw error("expected digits after the decimal point") }
         }
         if i < b.count, b[i] == UInt8(ascii: "e") || b[i] == UInt8(ascii: "E") {
+            integral = false
             i += 1
             if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
             if digits() == 0 { throw error("expected digits in the exponent") }
         }
         let text = String(decoding: b[start..<i], as: UTF8.self)
+        if integral, let exact = Int64(text) { return .integer(exact) }
         guard let d = Double(text), d.isFinite else { throw error("number \(text) is out of range") }
         return .number(d)
     }

@@ -70,6 +70,45 @@ import Testing
         await api.stop()
     }
 
+    @Test func bodiesKeepKeyOrderAndExactIntegersAndRefuseDuplicateKeys() async throws {
+        let api = try await APITestServer.start("valorder")
+        do {
+            let token = api.adminToken
+            let image = try await api.insertReadyImage(contents: Data("d".utf8), sha256: sha256Hex(Data("d".utf8)))
+            let commit = String(repeating: "c", count: 40)
+            let manifest = ToolManifest(name: "ordered", description: "params in any order", entry: "./run.sh", params: [
+                ToolParam(name: "alpha", type: .object), ToolParam(name: "seed", type: .int), ToolParam(name: "zeta", type: .int),
+            ])
+            try await api.database.collection("code", as: CodeDocument.self).insertOne(CodeDocument(
+                name: "ordered", kind: .tool, commit: commit, committed: Date(timeIntervalSince1970: 1000), manifest: manifest, path: "tools/ordered"))
+            // Params as written: keys out of alphabetical order, nested too, and a 64-bit seed
+            // that a Double cannot hold (2^53 + 1).
+            let body = #"{"name": "ordered", "tool": "ordered", "tool_commit": "\#(commit)", "image": "\#(image.hex)", "#
+                + #""params": {"zeta": 1, "alpha": {"y": 2, "b": 3}, "seed": 9007199254740993}}"#
+            let created = try await api.request(.POST, "/api/v1/tasks", token: token, body: Data(body.utf8),
+                                                headers: [("Content-Type", "application/json")])
+            #expect(created.status == 201, "\(created.text)")
+            let id = try #require(created.object?["_id"] as? String)
+            let taskID = try #require(ObjectId(id))
+            let stored = try #require(try await api.database.collection("tasks").findOne(["_id": .objectId(taskID)]))
+            let params = try #require(stored["params"]?.documentValue)
+            #expect(params.keys == ["zeta", "alpha", "seed"])
+            #expect(params["alpha"]?.documentValue?.keys == ["y", "b"])
+            #expect(params["seed"] == .int64(9_007_199_254_740_993))
+            let shown = try await api.request(.GET, "/api/v1/tasks/\(id)", token: token)
+            #expect(shown.text.contains("9007199254740993"), "\(shown.text)")
+
+            // A key given twice is refused (JSONDecoder used to keep one silently), with where.
+            let twice = try await api.request(.POST, "/api/v1/os", token: token,
+                                              body: Data(#"{"name": "a", "family": "linux", "name": "b"}"#.utf8),
+                                              headers: [("Content-Type", "application/json")])
+            #expect(twice.status == 400)
+            let detail = try #require(twice.object?["detail"] as? String)
+            #expect(detail.contains(#"line 1, column 34: duplicate key "name""#), "\(detail)")
+        } catch { await api.stop(); throw error }
+        await api.stop()
+    }
+
     @Test func filtersAcceptOnlyListedFieldsAsPlainValues() async throws {
         let api = try await APITestServer.start("valquery")
         do {

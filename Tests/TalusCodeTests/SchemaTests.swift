@@ -87,6 +87,18 @@ import TalusTestSupport
         }
     }
 
+    @Test func integersStayExactAndCompareAsNumbers() throws {
+        #expect(try JSONValue.parse(Array("9007199254740993".utf8)) == .integer(9_007_199_254_740_993))
+        #expect(try JSONValue.parse(Array("-12".utf8)) == .integer(-12))
+        // Beyond 64 bits, or with a fraction or exponent: a Double.
+        #expect(try JSONValue.parse(Array("18446744073709551616".utf8)) == .number(18446744073709551616))
+        #expect(try JSONValue.parse(Array("5.0".utf8)) == .number(5))
+        #expect(try JSONValue.parse(Array("5e0".utf8)).schemaType == "integer")
+        // 5 and 5.0 are the same number (JSON Schema `enum`, `uniqueItems`).
+        #expect(JSONValue.integer(5) == .number(5))
+        #expect(try JSONValue.parse(Array(#"{"b": 1, "a": 2}"#.utf8)).text == #"{"b":1,"a":2}"#)
+    }
+
     @Test func messagesSayWhereAndWhat() throws {
         func problems(_ text: String) -> [String] {
             ManifestCheck.check(Array(text.utf8), file: "tools/t/talus-tool.json", kind: .tool, directoryName: "t").problems.map(\.description)

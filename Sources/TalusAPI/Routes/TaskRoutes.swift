@@ -68,7 +68,7 @@ struct TaskRoutes: APIRouteCollection {
             do {
                 recorded = try await CodeStore(database: s.store.database).resolve(tool: tool!, commit: commit)
             } catch let e as CodeLookupError {
-                throw APIProblem.invalid(commit == nil ? "tool" : "tool_commit", e.description + " (talus code list)")
+                throw APIProblem.invalid(commit == nil ? "tool" : "tool_commit", e.description)
             }
             let pinned = recorded.commit
             _ = try await ToolParams.resolve(params, tool: tool!, commit: pinned, code: s.store.code)
