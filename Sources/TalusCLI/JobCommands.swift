@@ -289,7 +289,11 @@ enum JobWatch {
         return parts.joined(separator: "  ")
     }
 
-    /// Polls the job until it reaches a terminal state; throws ``CLIError/ended`` unless it finished.
+    /// How long `watch` waits, once the job is decided, for its remaining parts to stop.
+    static let settleTime: Duration = .seconds(15)
+
+    /// Polls the job until it reaches a terminal state and its parts have stopped (at most
+    /// ``settleTime`` after that); throws ``CLIError/ended`` unless it finished.
     static func watch(_ client: APIClient, id: String, json: Bool, interval: Duration) async throws {
         let terminal = isatty(1) == 1 && !json
         try await interruptible({ "stopped watching; the job keeps running (talus job show \(id))" }) {
@@ -297,6 +301,7 @@ enum JobWatch {
             let start = ContinuousClock.now
             var startProgress: Int?
             var lastErrors = 0
+            var settleDeadline: ContinuousClock.Instant?
             while true {
                 let j = try await client.get("/api/v1/jobs/\(id)", as: JobDocument.self)
                 let event = JobWatchEvent(job: id, name: j.name, status: j.status.name.rawValue, progress: j.progress, limit: j.limit,
@@ -323,6 +328,15 @@ enum JobWatch {
                 lastErrors = j.errors.count
                 last = event
                 if j.status.name.isTerminal {
+                    // Decided, but parts may still be stopping (the limit was reached while others
+                    // ran, or a cancel): give their VMs a few seconds, so that the last line shows
+                    // the final counts rather than "r1".
+                    let settling = j.parts.running + j.parts.queued > 0
+                    if settling, settleDeadline == nil { settleDeadline = .now + Self.settleTime }
+                    if settling, let settleDeadline, ContinuousClock.now < settleDeadline {
+                        try await Task.sleep(for: interval)
+                        continue
+                    }
                     if terminal { Output.line() }
                     switch j.status.name {
                     case .finished:

@@ -201,8 +201,12 @@ struct CLIEnv {
             try await cli.jobs.updateOne(["_id": oid], ["$set": ["progress": 2, "parts": ["queued": 0, "running": 1, "done": 2, "failed": 0]],
                                                          "$push": ["errors": ["idx": 4, "reason": "VM did not boot", "at": .datetime(bsonNow())]]])
             try await waitUntil("the second progress line") { watching.stdout.contains("2/3") }
+            // Decided while a part is still stopping: the watch waits for it before its last line.
             try await cli.jobs.updateOne(["_id": oid], ["$set": ["status.name": "finished", "progress": 3,
-                                                                 "parts": ["queued": 0, "running": 0, "done": 3, "failed": 0]]])
+                                                                 "parts": ["queued": 0, "running": 1, "done": 2, "failed": 0]]])
+            try await waitUntil("the finished line with a part still running") { watching.stdout.contains("finished  parts q0 r1 d2") }
+            #expect(watching.isRunning && !watching.stdout.contains("finished: 3/3"), "\(watching.stdout)")
+            try await cli.jobs.updateOne(["_id": oid], ["$set": ["parts": ["queued": 0, "running": 0, "done": 3, "failed": 0]]])
             let watched = try await watching.finish()
             #expect(watched.status == 0, "\(watched)")
             #expect(watched.stdout.contains("finished: 3/3") && watched.stdout.contains("VM did not boot"))

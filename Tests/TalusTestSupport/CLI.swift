@@ -56,6 +56,7 @@ public final class RunningCLI: @unchecked Sendable {
     }
 
     public var pid: Int32 { process.processIdentifier }
+    public var isRunning: Bool { process.isRunning }
     public var stdout: String { String(decoding: stdoutData, as: UTF8.self) }
     public var stdoutData: Data { FileManager.default.contents(atPath: dir + "/stdout") ?? Data() }
     public var stderr: String { String(decoding: FileManager.default.contents(atPath: dir + "/stderr") ?? Data(), as: UTF8.self) }
