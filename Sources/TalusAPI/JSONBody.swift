@@ -26,6 +26,15 @@ extension JSONValue {
         }
     }
 
+    /// An integer: written as one, or as an integral number below 2^53 (`5.0`); nil otherwise.
+    var integerValue: Int64? {
+        switch self {
+        case .integer(let i): i
+        case .number(let d) where d.rounded() == d && abs(d) < 9e15: Int64(d)
+        default: nil
+        }
+    }
+
     /// Parses a request body; malformed JSON (duplicate keys included) is a 400 that says where.
     static func parse(_ buffer: ByteBuffer) throws -> JSONValue {
         do {
@@ -118,11 +127,8 @@ struct ObjectReader {
 
     mutating func int(_ key: String, required: Bool = false, range: ClosedRange<Int>? = nil) -> Int? {
         guard let v = raw(key) else { if required { missing(key) }; return nil }
-        let i: Int
-        switch v {
-        case .integer(let x) where Int(exactly: x) != nil: i = Int(x)
-        case .number(let d) where d.rounded() == d && abs(d) < 9e15: i = Int(d)
-        default: problems.add(path(key), "must be an integer, not \(v.typeName)"); return nil
+        guard let x = v.integerValue, let i = Int(exactly: x) else {
+            problems.add(path(key), "must be an integer, not \(v.typeName)"); return nil
         }
         if let range, !range.contains(i) {
             problems.add(path(key), "must be between \(range.lowerBound) and \(range.upperBound) (got \(i))"); return nil
@@ -132,12 +138,7 @@ struct ObjectReader {
 
     mutating func int64(_ key: String, required: Bool = false, min: Int64 = 0) -> Int64? {
         guard let v = raw(key) else { if required { missing(key) }; return nil }
-        let x: Int64
-        switch v {
-        case .integer(let exact): x = exact
-        case .number(let d) where d.rounded() == d && abs(d) < 9e15: x = Int64(d)
-        default: problems.add(path(key), "must be an integer, not \(v.typeName)"); return nil
-        }
+        guard let x = v.integerValue else { problems.add(path(key), "must be an integer, not \(v.typeName)"); return nil }
         if x < min { problems.add(path(key), "must be at least \(min) (got \(x))"); return nil }
         return x
     }
